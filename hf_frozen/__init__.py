@@ -1,0 +1,20 @@
+"""hf-frozen: frozen-decoder and DecT adapters for the Hugging Face Trainer ecosystem."""
+
+__version__ = "0.1.0"
+
+from .auto import AutoFrozenModel, get_frozen_model  # noqa: E402
+from .config import FrozenAdapterConfig  # noqa: E402
+from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel  # noqa: E402
+from .registry import register_adapter, registered_adapters  # noqa: E402
+
+__all__ = [
+    "AutoFrozenModel",
+    "FrozenAdapterConfig",
+    "FrozenDecoderCallback",
+    "FrozenDecoderConfig",
+    "FrozenDecoderModel",
+    "__version__",
+    "get_frozen_model",
+    "register_adapter",
+    "registered_adapters",
+]

@@ -1,0 +1,79 @@
+"""`FrozenDecoderCallback`: guards the frozen decoder inside a user's own `Trainer` and saves encoder artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .model import FrozenDecoderModel
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderModel:
+    """Find the `FrozenDecoderModel` inside DDP / DeepSpeed / compile wrappers."""
+    current = model
+    while current is not None and not isinstance(current, FrozenDecoderModel):
+        current = getattr(current, "module", None) or getattr(current, "_orig_mod", None)
+    if current is None:
+        raise TypeError(
+            f"FrozenDecoderCallback needs the Trainer's model to be a FrozenDecoderModel, got "
+            f"{type(model).__name__}. Wrap it first: `model = hf_frozen.get_frozen_model(model, FrozenDecoderConfig())`."
+        )
+    return current
+
+
+class FrozenDecoderCallback(TrainerCallback):
+    """Checks the freeze when training starts and ends, and writes the encoder-only artifact with each checkpoint.
+
+    Args:
+        save_artifact_with_checkpoints (`bool`, defaults to `True`): write `hf_frozen_config.json` and
+            `hf_frozen_model.safetensors` into every `checkpoint-*` folder, so each checkpoint is also a small
+            loadable task encoder.
+
+    Example:
+        ```python
+        trainer = Seq2SeqTrainer(model=frozen_model, args=args, train_dataset=ds, callbacks=[FrozenDecoderCallback()])
+        ```
+    """
+
+    def __init__(self, save_artifact_with_checkpoints: bool = True) -> None:
+        self.save_artifact_with_checkpoints = save_artifact_with_checkpoints
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = unwrap_frozen_model(kwargs.get("model"))
+        model.verify_frozen()
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:
+            trainable = {id(p) for p in model.parameters() if p.requires_grad}
+            stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in trainable)
+            if stray:
+                raise RuntimeError(
+                    f"The optimizer holds {stray} frozen tensor(s) (decoder side or frozen encoder weights). Build "
+                    "the optimizer after `get_frozen_model`, from `p for p in model.parameters() if p.requires_grad`."
+                )
+        n_trainable, n_total = model.get_nb_trainable_parameters()
+        if state.is_world_process_zero:
+            logger.info(
+                "Frozen decoder: training %s of %s parameters (%.2f%%), decoder fingerprint %s",
+                f"{n_trainable:,d}",
+                f"{n_total:,d}",
+                100 * n_trainable / n_total,
+                model.frozen_config.decoder_fingerprint[:16],
+            )
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not (self.save_artifact_with_checkpoints and state.is_world_process_zero):
+            return
+        model = unwrap_frozen_model(kwargs.get("model"))
+        model.save_pretrained(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        unwrap_frozen_model(kwargs.get("model")).verify_frozen()

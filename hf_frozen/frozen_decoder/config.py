@@ -1,0 +1,88 @@
+"""`FrozenDecoderConfig`: what to train on the encoder side of an encoder-decoder model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ..config import FrozenAdapterConfig, check_choice, check_positive
+
+ENCODER_TRAINING_MODES = ("full", "lora")
+
+
+@dataclasses.dataclass
+class FrozenDecoderConfig(FrozenAdapterConfig):
+    """Config of the frozen-decoder adapter: the decoder, its embeddings and the LM head never change.
+
+    Args:
+        encoder_training (`Literal["full", "lora"]`, *optional*, defaults to `"full"`):
+            Train every encoder weight (`"full"`), or LoRA adapters injected into the encoder only (`"lora"`).
+        train_encoder_embeddings (`bool`, *optional*, defaults to `False`):
+            Also train the encoder's input embeddings. The encoder then gets its own copy of the embedding
+            matrix, so the embedding shared with the decoder and the LM head stays untouched.
+        lora_r (`int`, *optional*, defaults to `8`):
+            LoRA rank (with `encoder_training="lora"`).
+        lora_alpha (`int`, *optional*, defaults to `16`):
+            LoRA scaling numerator (with `encoder_training="lora"`).
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA input (with `encoder_training="lora"`).
+        lora_target_modules (`list[str]`, *optional*, defaults to `None`):
+            Names of the encoder's linear layers to adapt; `None` picks the attention query and value
+            projections (`q`/`v` in T5-style models, `q_proj`/`v_proj` in BART-style ones).
+    """
+
+    ADAPTER_TYPE = "frozen_decoder"
+
+    encoder_training: Literal["full", "lora"] = dataclasses.field(
+        default="full",
+        metadata={"help": "Train the whole encoder ('full') or LoRA adapters on the encoder only ('lora')."},
+    )
+    train_encoder_embeddings: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Also train the encoder's input embeddings, as a private copy: the decoder's embeddings and "
+            "LM head stay untouched."
+        },
+    )
+    lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank (with encoder_training='lora')."})
+    lora_alpha: int = dataclasses.field(
+        default=16, metadata={"help": "LoRA scaling numerator (with encoder_training='lora')."}
+    )
+    lora_dropout: float = dataclasses.field(
+        default=0.05, metadata={"help": "Dropout on the LoRA input (with encoder_training='lora')."}
+    )
+    lora_target_modules: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Encoder linear layers to adapt with LoRA; unset picks the attention query and value "
+            "projections (q/v for T5-style models, q_proj/v_proj for BART-style ones)."
+        },
+    )
+    # Written by hf-frozen when the adapter is applied, never by users; not constructor arguments, so they
+    # stay out of HfArgumentParser's command line.
+    decoder_fingerprint: str | None = dataclasses.field(
+        default=None,
+        init=False,
+        metadata={"help": "SHA-256 of every decoder-side tensor of the base model (set by hf-frozen)."},
+    )
+    frozen_encoder_fingerprint: str | None = dataclasses.field(
+        default=None,
+        init=False,
+        metadata={"help": "SHA-256 of the frozen encoder-side tensors the artifact relies on (set by hf-frozen)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_choice(self, "encoder_training", ENCODER_TRAINING_MODES)
+        if not isinstance(self.train_encoder_embeddings, bool):
+            raise ValueError(f"`train_encoder_embeddings` must be True or False, got {self.train_encoder_embeddings!r}.")
+        check_positive(self, "lora_r")
+        check_positive(self, "lora_alpha")
+        if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
+            raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.lora_target_modules is not None:
+            if isinstance(self.lora_target_modules, str):
+                self.lora_target_modules = [self.lora_target_modules]
+            if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
+                raise ValueError(
+                    f"`lora_target_modules` must be a non-empty list of module names, got {self.lora_target_modules!r}."
+                )

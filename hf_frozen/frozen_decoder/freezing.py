@@ -1,0 +1,110 @@
+"""Applying the freeze: which encoder weights train, a private encoder embedding, LoRA on the encoder only."""
+
+from __future__ import annotations
+
+import copy
+
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import FrozenDecoderConfig
+from .sides import split_sides
+
+# Attention query/value projection names, tried in order, when `lora_target_modules` is unset.
+_DEFAULT_LORA_TARGETS = (["q", "v"], ["q_proj", "v_proj"])
+
+
+def check_encoder_decoder(model: nn.Module) -> None:
+    """Refuse models that have no separate encoder and decoder, naming what was received."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, PreTrainedModel) or config is None:
+        raise TypeError(
+            f"The frozen-decoder adapter needs a transformers encoder-decoder model (T5, BART, Marian, ...), "
+            f"got a {type(model).__name__}. Load one with `AutoModelForSeq2SeqLM.from_pretrained(...)`."
+        )
+    if not getattr(config, "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):
+        kind = "decoder-only" if getattr(config, "is_decoder", False) or hasattr(model, "generate") else "encoder-only"
+        raise ValueError(
+            f"The frozen-decoder adapter needs an encoder-decoder model (T5, mT5, UMT5, LongT5, BART, mBART, Marian, "
+            f"Pegasus, ...), got {type(model).__name__} (model_type {config.model_type!r}), which is {kind} "
+            "(its config has `is_encoder_decoder=False`). To adapt a frozen decoder-only or encoder-only model, "
+            "use the DecT head (`hf_frozen.DecTConfig`)."
+        )
+
+
+def freeze_all_but_encoder(model: PreTrainedModel, encoder_prefix: str, config: FrozenDecoderConfig) -> None:
+    """Leave only the encoder side trainable, as `config` asks. Mutates `model` in place, as PEFT does."""
+    encoder = model.get_encoder()
+    # Respect weights that were frozen before we got the model (for example fixed sinusoidal positions).
+    originally_trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    model.requires_grad_(False)
+
+    if config.train_encoder_embeddings:
+        give_encoder_own_embeddings(model, encoder_prefix)
+    embedding = encoder.get_input_embeddings()
+
+    if config.encoder_training == "lora":
+        # Recorded in the config, so that loading rebuilds exactly these layers.
+        config.lora_target_modules = config.lora_target_modules or default_lora_targets(encoder)
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
+        inject_adapter_in_model(lora, encoder)
+        for name, param in encoder.named_parameters():
+            param.requires_grad_("lora_" in name)
+    else:
+        # Encoder side only: a tensor tied to the decoder (the shared embedding) is decoder side and stays frozen.
+        for param in split_sides(model, encoder_prefix).encoder.values():
+            if id(param) in originally_trainable:
+                param.requires_grad_(True)
+        if not config.train_encoder_embeddings and embedding is not None:
+            embedding.requires_grad_(False)
+
+    if config.train_encoder_embeddings:
+        embedding.requires_grad_(True)
+
+
+def give_encoder_own_embeddings(model: PreTrainedModel, encoder_prefix: str) -> None:
+    """Give the encoder a private, trainable copy of its input embeddings if it shares them with the decoder.
+
+    The copy also leaves transformers' tying tables, so `model.tie_weights()` cannot tie it back.
+    """
+    encoder = model.get_encoder()
+    embedding = encoder.get_input_embeddings()
+    if embedding is None:
+        raise ValueError(
+            f"`train_encoder_embeddings=True`, but the encoder of {type(model).__name__} exposes no input embeddings."
+        )
+    sides = split_sides(model, encoder_prefix)
+    if not any(t is embedding.weight for t in sides.decoder.values()):
+        return  # Already private to the encoder (e.g. Marian with separate vocabularies).
+    encoder.set_input_embeddings(copy.deepcopy(embedding))
+    for prefix, module in model.named_modules():
+        if not isinstance(module, PreTrainedModel):
+            continue
+        full = f"{prefix}." if prefix else ""
+
+        def keep(target: str, source: str, full: str = full) -> bool:
+            return not (full + target).startswith(encoder_prefix) and not (full + source).startswith(encoder_prefix)
+
+        # Instance attributes shadow the class tables that `tie_weights()` reads.
+        if module._tied_weights_keys:
+            module._tied_weights_keys = {t: s for t, s in module._tied_weights_keys.items() if keep(t, s)}
+        if getattr(module, "all_tied_weights_keys", None):
+            module.all_tied_weights_keys = {t: s for t, s in module.all_tied_weights_keys.items() if keep(t, s)}
+
+
+def default_lora_targets(encoder: nn.Module) -> list[str]:
+    """The encoder's attention query and value projections, under the names its family uses."""
+    linear_names = {name.rsplit(".", 1)[-1] for name, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    for targets in _DEFAULT_LORA_TARGETS:
+        if set(targets) <= linear_names:
+            return targets
+    raise ValueError(
+        f"Could not pick LoRA target modules for {type(encoder).__name__}: it has no {_DEFAULT_LORA_TARGETS} "
+        f"linear layers. Set `lora_target_modules` to some of {sorted(linear_names)}."
+    )

@@ -1,0 +1,73 @@
+"""Where artifacts live: local folders or Hugging Face Hub repositories.
+
+`resolve_file` turns a folder or Hub repo id plus a file name into a local path; `HubMixin.push_to_hub`
+saves an artifact to a temporary folder, adds a model card and uploads the folder in one commit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
+
+
+def resolve_file(
+    path_or_repo_id: str | os.PathLike, filename: str, revision: str | None = None, token: str | bool | None = None
+) -> str:
+    """Local path of `filename` inside a local folder, or inside a Hub repository (downloaded and cached)."""
+    path_or_repo_id = os.fspath(path_or_repo_id)
+    if os.path.isdir(path_or_repo_id):
+        path = os.path.join(path_or_repo_id, filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path_or_repo_id} has no {filename}: it is not an hf-frozen artifact, or it is incomplete "
+                "(save it with `save_pretrained`)."
+            )
+        return path
+    try:
+        return hf_hub_download(path_or_repo_id, filename, revision=revision, token=token)
+    except HFValidationError as err:
+        raise FileNotFoundError(
+            f"{path_or_repo_id!r} is neither a local folder nor a valid Hub repo id ({err})."
+        ) from err
+    except (EntryNotFoundError, RepositoryNotFoundError) as err:
+        raise FileNotFoundError(
+            f"Could not find {filename} in the Hub repo {path_or_repo_id!r} (revision {revision or 'main'}): {err}"
+        ) from err
+
+
+class HubMixin:
+    """`push_to_hub` for any artifact class that defines `save_pretrained(folder)` and `model_card()`."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def model_card(self) -> str:
+        raise NotImplementedError
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str = "Upload hf-frozen artifact",
+        revision: str | None = None,
+    ) -> str:
+        """Save the artifact with a model card and upload it to `repo_id` (created if needed) in one commit.
+
+        Returns:
+            `str`: the URL of the commit.
+        """
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+                f.write(self.model_card())
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
+            )
+        return str(getattr(commit, "commit_url", commit))
