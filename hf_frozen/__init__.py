@@ -4,11 +4,17 @@ __version__ = "0.1.0"
 
 from .auto import AutoFrozenModel, get_frozen_model  # noqa: E402
 from .config import FrozenAdapterConfig  # noqa: E402
+from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel  # noqa: E402
 from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel  # noqa: E402
 from .registry import register_adapter, registered_adapters  # noqa: E402
 
 __all__ = [
     "AutoFrozenModel",
+    "DecTCallback",
+    "DecTCollator",
+    "DecTConfig",
+    "DecTHead",
+    "DecTModel",
     "FrozenAdapterConfig",
     "FrozenDecoderCallback",
     "FrozenDecoderConfig",

@@ -66,3 +66,20 @@ def copy_task_dataset(n: int = 32, length: int = 8, seed: int = 0) -> Dataset:
 
 def state_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()}
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary: `<pad>`=0, `</s>`=1, `<unk>`=2, then `w3` ... `w98`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny_t5_with_tokenizer(folder) -> None:
+    tiny_model("t5").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)

@@ -1,0 +1,298 @@
+"""Backbones DecT can query: masked, causal and seq2seq LMs, plain encoders, and a user callable (an API).
+
+A backbone turns a batch of (text, text_pair) inputs into prompts, runs one frozen forward pass, and returns
+for each example the hidden state `h` at the answer position and the label-word scores `z` (for each class,
+the max logit over its label words' first sub-tokens). Vocabulary logits are computed at the answer
+position only: a pre-hook on the output embeddings cuts the LM head's input down to that one position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
+)
+
+from ..fingerprint import fingerprint_tensors
+from .config import DecTConfig
+from .prompt import PromptTemplate
+
+BACKBONE_KINDS = ("masked_lm", "causal_lm", "seq2seq_lm", "encoder", "callable")
+
+
+class Backbone(Protocol):
+    kind: str
+    fingerprint: str
+
+    def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(hidden (N, d), label-word scores (N, C) or None) for a batch of (text, text_pair)."""
+        ...
+
+
+def detect_kind(model: Any) -> str:
+    """Which way to query `model`, or a clear error for models DecT cannot use."""
+    if not isinstance(model, PreTrainedModel):
+        if callable(model):
+            return "callable"
+        raise TypeError(
+            f"DecT needs a transformers model or a callable, got {type(model).__name__}. For a model behind an "
+            "API, pass a function `fn(prompts, label_words) -> (hidden_states, label_word_scores)`."
+        )
+    name = type(model).__name__
+    has_head = model.get_output_embeddings() is not None
+    if getattr(model.config, "is_encoder_decoder", False) and has_head:
+        return "seq2seq_lm"
+    if name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values() and has_head:
+        return "masked_lm"
+    if name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() and has_head:
+        return "causal_lm"
+    if name in MODEL_MAPPING_NAMES.values() and not getattr(model.config, "is_encoder_decoder", False):
+        return "encoder"  # a bare encoder (AutoModel): hidden states only, no label-word scores
+    raise ValueError(
+        f"DecT cannot query {name}: load the backbone as a masked LM (`AutoModelForMaskedLM`), causal LM "
+        "(`AutoModelForCausalLM`), seq2seq LM (`AutoModelForSeq2SeqLM`) or plain encoder (`AutoModel`)."
+    )
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, label_words: list[list[str]]) -> list[list[int]]:
+    """For each class, the first sub-token of each label word, written with and without a leading space.
+
+    Words that split into several tokens are scored by their first sub-token (as the reference code does);
+    pick words whose first pieces differ between classes.
+    """
+    ids_per_class: list[list[int]] = []
+    owner: dict[int, tuple[int, str]] = {}  # token -> (class, word) that claimed it
+    for cls, words in enumerate(label_words):
+        ids: list[int] = []
+        for word in words:
+            found = []
+            for variant in (word, " " + word):
+                pieces = tokenizer.encode(variant, add_special_tokens=False)
+                # Skip a lone word-boundary piece ("▁" in SentencePiece) that some tokenizers emit first.
+                while pieces and not tokenizer.decode(pieces[:1]).strip():
+                    pieces = pieces[1:]
+                if pieces and pieces[0] != tokenizer.unk_token_id:
+                    found.append(pieces[0])
+            if not found:
+                raise ValueError(
+                    f"Label word {word!r} is not in the vocabulary of {type(tokenizer).__name__} (it encodes to the "
+                    "unknown token): choose another word."
+                )
+            for token in found:
+                if owner.setdefault(token, (cls, word))[0] != cls:
+                    raise ValueError(
+                        f"Label words {owner[token][1]!r} and {word!r} of different classes start with the same token "
+                        f"{tokenizer.decode([token])!r}: DecT scores a word by its first sub-token, so choose words "
+                        "that differ there."
+                    )
+            ids.extend(t for t in dict.fromkeys(found) if t not in ids)
+        ids_per_class.append(ids)
+    return ids_per_class
+
+
+class HFBackbone:
+    """A frozen transformers model queried under `torch.inference_mode`, batched and sorted by length."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: DecTConfig) -> None:
+        if tokenizer is None:
+            raise ValueError("DecT on a transformers model needs its tokenizer: pass `tokenizer=`.")
+        self.kind = detect_kind(model)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.prompt = PromptTemplate(config.template)
+        self.device = next(model.parameters()).device
+        self.answer_token = self._answer_token()
+        self.label_ids = None if self.kind == "encoder" else label_token_ids(tokenizer, config.label_words)
+        self.decoder_prefix = self._decoder_prefix()
+        self.causal_prefix = self._causal_prefix()
+        self.fingerprint = self._fingerprint()
+        self._positions: torch.Tensor | None = None
+        self._captured: torch.Tensor | None = None
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(self._keep_answer_position)
+
+    # -- prompt construction -----------------------------------------------------------------------------------
+
+    def _answer_token(self) -> str | None:
+        """What fills the {answer} slot: the mask (or T5 sentinel) token, or None to cut the prompt there."""
+        if self.kind == "causal_lm":
+            return None
+        if self.kind == "seq2seq_lm" and "<extra_id_0>" in self.tokenizer.get_vocab():
+            return "<extra_id_0>"
+        mask = self.tokenizer.mask_token
+        if self.kind == "masked_lm" and mask is None:
+            raise ValueError(f"DecT on masked LM {type(self.model).__name__} needs a tokenizer with a mask token.")
+        if self.kind == "encoder" and self.config.hidden_pooling == "answer" and mask is None:
+            raise ValueError(
+                "`hidden_pooling='answer'` on a plain encoder needs a tokenizer with a mask token; "
+                "use `hidden_pooling='mean'`."
+            )
+        return mask
+
+    def _decoder_prefix(self) -> list[int]:
+        if self.kind != "seq2seq_lm":
+            return []
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            raise ValueError(f"{type(self.model).__name__} has no `decoder_start_token_id` in its config.")
+        # T5 answers a sentinel with the sentinel first: read the answer after it.
+        sentinel = [self.tokenizer.convert_tokens_to_ids(self.answer_token)] if self.answer_token == "<extra_id_0>" else []
+        return [start, *sentinel]
+
+    def render(self, text: str, text_pair: str | None) -> str:
+        """The prompt string for one example, text cut to fit `max_length` tokens."""
+        prompt = self.prompt.render(text, text_pair, self.answer_token)
+        overflow = len(self.tokenizer.encode(prompt)) + len(self.causal_prefix) - self.config.max_length
+        if overflow > 0:
+            pieces = self.tokenizer.encode(text, add_special_tokens=False)
+            text = self.tokenizer.decode(pieces[: max(0, len(pieces) - overflow - 8)])
+            prompt = self.prompt.render(text, text_pair, self.answer_token)
+        if self.kind == "causal_lm" and self.config.chat_template:
+            messages = [{"role": "user", "content": prompt.strip()}]
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt += self.config.response_prefix
+        return prompt
+
+    def _fingerprint(self) -> str:
+        tensors = dict(self.model.state_dict())
+        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        parts = [
+            type(self.model).__name__,
+            fingerprint_tensors(tensors),
+            hashlib.sha256(vocab.encode()).hexdigest(),
+            str(getattr(self.tokenizer, "chat_template", None)),
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    # -- the forward pass --------------------------------------------------------------------------------------
+
+    def _keep_answer_position(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook on the LM head: keep one position per example, remember its input as `h`."""
+        if self._positions is None:
+            return args
+        hidden = args[0]  # (B, T, d)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), self._positions]  # (B, d)
+        self._captured = picked
+        return (picked.unsqueeze(1), *args[1:])
+
+    @torch.inference_mode()
+    def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+        prompts = [self.render(text, pair) for text, pair in inputs]
+        batch = self.tokenizer.pad(
+            {"input_ids": [self.encode(p) for p in prompts]}, padding=True, padding_side="right", return_tensors="pt"
+        )
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        lengths = batch["attention_mask"].sum(1)
+        if self.kind == "seq2seq_lm":
+            prefix = torch.tensor(self.decoder_prefix, device=self.device).expand(len(prompts), -1)
+            batch["decoder_input_ids"] = prefix
+            positions = torch.full((len(prompts),), prefix.shape[1] - 1, device=self.device)
+        elif self.answer_token is not None:
+            is_answer = batch["input_ids"] == self.tokenizer.convert_tokens_to_ids(self.answer_token)
+            if not bool((is_answer.sum(1) == 1).all()):
+                raise ValueError(
+                    f"Each prompt must hold the answer token {self.answer_token!r} exactly once; the input text "
+                    "itself may contain it. Check `template` and the data."
+                )
+            positions = is_answer.int().argmax(1)
+        else:
+            positions = lengths - 1  # causal LMs: the last prompt token predicts the answer
+
+        if self.kind == "encoder":
+            hidden = self.model(**batch).last_hidden_state  # (B, T, d)
+            if self.config.hidden_pooling == "mean":
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+            else:
+                pooled = hidden[torch.arange(len(prompts), device=self.device), positions]
+            return pooled.float().cpu().numpy(), None
+
+        self._positions = positions
+        try:
+            mean_of_tokens = self.config.hidden_pooling == "mean" and self.kind != "seq2seq_lm"
+            outputs = self.model(**batch, output_hidden_states=mean_of_tokens)
+        finally:
+            self._positions = None
+        logits = outputs.logits[:, -1].float()  # (B, V): the head only saw the answer position
+        scores = torch.stack([logits[:, ids].max(dim=1).values for ids in self.label_ids], dim=1)  # (B, C)
+        if self.config.hidden_pooling == "mean":
+            last = outputs.encoder_last_hidden_state if self.kind == "seq2seq_lm" else outputs.hidden_states[-1]
+            mask = batch["attention_mask"].unsqueeze(-1).to(last.dtype)
+            hidden = (last * mask).sum(1) / mask.sum(1)
+        else:
+            hidden = self._captured
+        return hidden.float().cpu().numpy(), scores.cpu().numpy()
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a prompt. Causal LMs get the tokenizer's leading special tokens (BOS) but never a
+        trailing one (an appended EOS would take the answer position); a chat template brings its own."""
+        if self.kind != "causal_lm":
+            return self.tokenizer.encode(prompt)
+        return self.causal_prefix + self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def _causal_prefix(self) -> list[int]:
+        if self.kind != "causal_lm" or self.config.chat_template:
+            return []
+        with_special = self.tokenizer.encode("a")
+        plain = self.tokenizer.encode("a", add_special_tokens=False)
+        for start in range(len(with_special) - len(plain) + 1):
+            if with_special[start : start + len(plain)] == plain:
+                return with_special[:start]
+        return []
+
+    def token_length(self, text: str, text_pair: str | None) -> int:
+        return len(self.encode(self.render(text, text_pair)))
+
+
+class CallableBackbone:
+    """A model behind an API: `fn(prompts, label_words) -> (hidden_states, label_word_scores or None)`.
+
+    Prompts are the template rendered with `answer_placeholder` in the answer slot, or cut at the slot
+    (causal style) when it is None. `name` identifies the model and its version in the cache key: change it
+    whenever the service's model changes.
+    """
+
+    kind = "callable"
+
+    def __init__(
+        self, fn: Callable[..., Any], config: DecTConfig, name: str, answer_placeholder: str | None = None
+    ) -> None:
+        if not name:
+            raise ValueError("A callable backbone needs `backbone_name=` (model and version) to key its cache.")
+        self.fn = fn
+        self.config = config
+        self.prompt = PromptTemplate(config.template)
+        self.answer_placeholder = answer_placeholder
+        self.fingerprint = hashlib.sha256(f"callable|{name}|{answer_placeholder}".encode()).hexdigest()
+
+    def render(self, text: str, text_pair: str | None) -> str:
+        return self.prompt.render(text, text_pair, self.answer_placeholder)
+
+    def token_length(self, text: str, text_pair: str | None) -> int:
+        return len(self.render(text, text_pair))
+
+    def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+        prompts = [self.render(text, pair) for text, pair in inputs]
+        result = self.fn(prompts, self.config.label_words)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise TypeError("The backbone callable must return a tuple (hidden_states, label_word_scores or None).")
+        hidden = np.asarray(result[0], dtype=np.float32)
+        scores = None if result[1] is None else np.asarray(result[1], dtype=np.float32)
+        n, c = len(prompts), self.config.num_classes
+        if hidden.ndim != 2 or hidden.shape[0] != n:
+            raise ValueError(f"The backbone callable returned hidden states of shape {hidden.shape}, expected ({n}, d).")
+        if scores is not None and scores.shape != (n, c):
+            raise ValueError(f"The backbone callable returned scores of shape {scores.shape}, expected ({n}, {c}).")
+        return hidden, scores

@@ -1,0 +1,103 @@
+"""Training the DecT head inside a user's own `Trainer`, with one backbone query per example at most.
+
+The Trainer's model is the head itself (`dect.new_head()`); `DecTCollator` turns raw rows into cached
+features (querying the backbone only for rows never seen); `DecTCallback` queries the whole training set once,
+in length-sorted batches, before the first step, initialises the radii, picks the zero-shot weight, and hands
+the trained head back to the `DecTModel` at the end. Every later epoch reads the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .head import PROMPT_ONLY, DecTHead, select_zero_shot_weight
+from .model import DecTModel
+
+logger = logging.getLogger(__name__)
+
+
+class DecTCollator:
+    """Data collator: raw rows (text, optional text pair, label) -> cached DecT features as tensors."""
+
+    def __init__(self, dect: DecTModel) -> None:
+        self.dect = dect
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if rows and self.dect.config.text_column not in rows[0]:
+            raise ValueError(
+                f"Rows reach the DecT collator without the {self.dect.config.text_column!r} column: the Trainer "
+                "dropped it. Set `remove_unused_columns=False` in the TrainingArguments."
+            )
+        hidden, scores, labels = self.dect.features(rows)
+        batch = {"hidden_states": hidden}
+        if scores is not None:
+            batch["zero_shot_scores"] = scores
+        if labels is not None:
+            batch["labels"] = labels
+        return batch
+
+
+class DecTCallback(TrainerCallback):
+    """Prepares a `DecTHead` for Trainer training and returns it to its `DecTModel` afterwards.
+
+    Args:
+        dect ([`DecTModel`]): the model whose backbone and cache provide the features.
+
+    Example:
+        ```python
+        head = dect.new_head()
+        args = TrainingArguments("out", remove_unused_columns=False, learning_rate=0.01, num_train_epochs=30,
+                                 per_device_train_batch_size=len(train), lr_scheduler_type="constant")
+        Trainer(model=head, args=args, train_dataset=train, data_collator=DecTCollator(dect),
+                callbacks=[DecTCallback(dect)]).train()
+        dect.evaluate(test)
+        ```
+    """
+
+    def __init__(self, dect: DecTModel) -> None:
+        self.dect = dect
+        self.queries_at_start = 0
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        head = kwargs.get("model")
+        if not isinstance(head, DecTHead):
+            raise TypeError(f"DecTCallback trains a DecTHead (`dect.new_head()`), got {type(head).__name__}.")
+        loader = kwargs.get("train_dataloader")
+        if loader is None:
+            return
+        self.queries_at_start = self.dect.num_queries
+        # One batched, length-sorted pass over the training set; the collator then only reads the cache.
+        hidden, scores, labels = self.dect.features(self.dect._require_labels(loader.dataset))
+        if hidden.shape[1] != head.projection.in_features:
+            raise ValueError(
+                f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
+            )
+        config = self.dect.config
+        weight: float | str = 0.0
+        if scores is not None:
+            weight = config.zero_shot_weight
+            if weight is None:
+                weight, self.dect.cv_accuracy = select_zero_shot_weight(
+                    hidden, scores, labels, config.zero_shot_weight_candidates,
+                    lambda: self.dect.new_head(hidden.shape[1]), config.steps, config.learning_rate, config.seed,
+                )  # fmt: skip
+        config.selected_zero_shot_weight = weight
+        head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
+        head.init_radius(hidden, labels)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        head = kwargs.get("model")
+        self.dect.head = head.eval()
+        self.dect.config.hidden_size = head.projection.in_features
+        if state.is_world_process_zero:
+            logger.info(
+                "DecT head trained in the Trainer: %d backbone queries, zero-shot weight %s",
+                self.dect.num_queries - self.queries_at_start,
+                self.dect.config.selected_zero_shot_weight,
+            )

@@ -1,0 +1,196 @@
+"""`DecTConfig`: the prompt, the label words and the prototype decoder of Decoder Tuning (Cui et al., ACL 2023)."""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+from ..config import FrozenAdapterConfig, check_positive
+
+
+@dataclasses.dataclass
+class DecTConfig(FrozenAdapterConfig):
+    """Config of the DecT head: a frozen backbone queried once per example, a tiny prototype decoder on top.
+
+    Args:
+        template (`str`, defaults to `"{text} It was {answer}."`):
+            The prompt. `{text}` is the input, `{text_pair}` an optional second input (sentence pairs) and
+            `{answer}` the answer slot: the mask token for masked LMs, the next token after the prompt for causal
+            LMs (so it must come last), the sentinel or first decoder step for seq2seq LMs.
+        label_words (`list[str]`):
+            One entry per class, in class order: a word, or several alternatives joined by `|`
+            (`["terrible|bad", "great|good"]`); in Python also a list of lists. A class scores the max logit over
+            its words' first sub-tokens, each written with and without a leading space.
+        labels (`list[str]`, *optional*):
+            Class names, in the same order; data labels may be these names or their indices. Defaults to the
+            first label word of each class.
+        chat_template (`bool`, defaults to `False`):
+            Causal LMs: send the prompt as the user turn of the tokenizer's chat template; the answer is the
+            first token of the assistant's reply (after `response_prefix`).
+        response_prefix (`str`, defaults to `""`):
+            With `chat_template`: text the assistant's reply starts with, right before the answer (e.g. `"This
+            movie review is"`). Instruction-tuned models rarely answer with the bare label word first; a reply
+            prefix puts the label word where the answer slot reads it.
+        text_column (`str`, defaults to `"text"`), text_pair_column (`str`, *optional*), label_column
+            (`str`, defaults to `"label"`): dataset columns.
+        projection_dim (`int`, defaults to `128`): size of the prototype space.
+        steps (`int`, defaults to `30`): full-batch Adam steps.
+        learning_rate (`float`, defaults to `0.01`): Adam learning rate.
+        zero_shot_weight (`float`, *optional*): weight of the calibrated zero-shot scores in the final score.
+            Unset (the default) picks it by cross-validation on the training cache among
+            `zero_shot_weight_candidates`, head alone (0) and prompt alone included. The reference code's
+            1/shots was tuned for RoBERTa's raw logits and can make DecT worse than the prompt alone.
+        zero_shot_weight_candidates (`list[float]`): the weights cross-validation chooses among.
+        calibrate (`bool`, defaults to `True`): subtract the label-word log-probabilities of an empty input.
+        hidden_pooling (`str`, defaults to `"answer"`): the hidden state at the answer position, or `"mean"`
+            over the prompt's tokens (for encoders trained for mean pooling, such as sentence transformers).
+        batch_size (`int`, defaults to `16`): backbone queries per forward pass.
+        max_length (`int`, defaults to `512`): prompt tokens kept; the input text is cut, never the answer slot.
+        cache_dir (`str`, *optional*): where query results are cached on disk; unset keeps them in memory.
+        seed (`int`, defaults to `0`): seed of the prototypes, the projection and cross-validation folds.
+    """
+
+    ADAPTER_TYPE = "dect"
+
+    template: str = dataclasses.field(
+        default="{text} It was {answer}.",
+        metadata={"help": "Prompt with {text}, optional {text_pair} and the {answer} slot."},
+    )
+    label_words: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'."},
+    )
+    labels: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Class names in class order (default: the first label word of each class)."}
+    )
+    chat_template: bool = dataclasses.field(
+        default=False, metadata={"help": "Causal LMs: wrap the prompt in the tokenizer's chat template."}
+    )
+    response_prefix: str = dataclasses.field(
+        default="", metadata={"help": "With chat_template: the start of the assistant's reply, before the answer."}
+    )
+    text_column: str = dataclasses.field(default="text", metadata={"help": "Dataset column with the input text."})
+    text_pair_column: str | None = dataclasses.field(
+        default=None, metadata={"help": "Dataset column with the second text of a pair, if any."}
+    )
+    label_column: str = dataclasses.field(default="label", metadata={"help": "Dataset column with the label."})
+    projection_dim: int = dataclasses.field(default=128, metadata={"help": "Size of the prototype space."})
+    steps: int = dataclasses.field(default=30, metadata={"help": "Full-batch Adam steps on the cached features."})
+    learning_rate: float = dataclasses.field(default=0.01, metadata={"help": "Adam learning rate of the head."})
+    zero_shot_weight: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Weight of the calibrated zero-shot scores; unset picks it by cross-validation on the training "
+            "cache (head alone and prompt alone among the choices)."
+        },
+    )
+    zero_shot_weight_candidates: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0, 10.0],
+        metadata={"help": "Weights that cross-validation chooses among (prompt alone is always a choice too)."},
+    )
+    calibrate: bool = dataclasses.field(
+        default=True, metadata={"help": "Calibrate zero-shot scores against an empty input."}
+    )
+    hidden_pooling: str = dataclasses.field(
+        default="answer", metadata={"help": "'answer': hidden state at the answer slot; 'mean': mean over tokens."}
+    )
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Backbone queries per forward pass."})
+    max_length: int = dataclasses.field(
+        default=512, metadata={"help": "Prompt tokens kept (the input text is cut, never the answer slot)."}
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Folder for the on-disk query cache (unset: in memory only)."}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prototypes, projection and CV folds."})
+    # Written by hf-frozen when the head is fitted, never by users (not constructor arguments).
+    backbone_kind: str | None = dataclasses.field(
+        default=None, init=False, metadata={"help": "masked_lm, causal_lm, seq2seq_lm, encoder or callable."}
+    )
+    backbone_fingerprint: str | None = dataclasses.field(
+        default=None, init=False, metadata={"help": "SHA-256 of the backbone's weights and tokenizer."}
+    )
+    hidden_size: int | None = dataclasses.field(default=None, init=False, metadata={"help": "Size of h."})
+    selected_zero_shot_weight: float | str | None = dataclasses.field(
+        default=None, init=False, metadata={"help": "The weight in use: a number, or 'prompt_only'."}
+    )
+
+    def __post_init__(self) -> None:
+        self.label_words = _normalize_label_words(self.label_words)
+        if self.labels is None:
+            self.labels = [words[0] for words in self.label_words]
+        if len(self.labels) != len(self.label_words):
+            raise ValueError(
+                f"`labels` has {len(self.labels)} names but `label_words` has {len(self.label_words)} classes: "
+                "give one name per class, in the same order."
+            )
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"`labels` must be distinct, got {self.labels}.")
+        _check_template(self.template, self.text_pair_column)
+        if self.response_prefix and not self.chat_template:
+            raise ValueError(
+                f"`response_prefix` ({self.response_prefix!r}) only applies with `chat_template=True`; without a chat "
+                "template, write it into `template` before {answer}."
+            )
+        for name in ("projection_dim", "steps", "learning_rate", "batch_size", "max_length"):
+            check_positive(self, name)
+        if self.zero_shot_weight is not None:
+            check_positive(self, "zero_shot_weight", allow_zero=True)
+        if not self.zero_shot_weight_candidates or any(
+            not isinstance(w, (int, float)) or w < 0 for w in self.zero_shot_weight_candidates
+        ):
+            raise ValueError(
+                f"`zero_shot_weight_candidates` must be a non-empty list of numbers >= 0, got "
+                f"{self.zero_shot_weight_candidates!r}."
+            )
+        if self.hidden_pooling not in ("answer", "mean"):
+            raise ValueError(f"`hidden_pooling` must be 'answer' or 'mean', got {self.hidden_pooling!r}.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+
+def _normalize_label_words(label_words: object) -> list[list[str]]:
+    if isinstance(label_words, dict):
+        raise ValueError(
+            "`label_words` must be a list in class order, not a dict: pass `labels=list(d)` and "
+            "`label_words=list(d.values())`."
+        )
+    if not isinstance(label_words, (list, tuple)) or len(label_words) < 2:
+        raise ValueError(
+            f"`label_words` needs one entry per class and at least 2 classes, got {label_words!r}. Example: "
+            "`label_words=['terrible|bad', 'great|good']`."
+        )
+    normalized = []
+    for i, entry in enumerate(label_words):
+        words = entry.split("|") if isinstance(entry, str) else list(entry)
+        words = [w.strip() for w in words if isinstance(w, str) and w.strip()]
+        if not words:
+            raise ValueError(
+                f"Class {i} of `label_words` has no label words (got {entry!r}): give at least one word per class."
+            )
+        normalized.append(words)
+    return normalized
+
+
+def _check_template(template: str, text_pair_column: str | None) -> None:
+    try:
+        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"`template` is not a valid format string ({err}): {template!r}.") from err
+    for required in ("text", "answer"):
+        if required not in slots:
+            raise ValueError(
+                f"`template` must contain the {{{required}}} slot, got {template!r}. "
+                "Example: '{text} It was {answer}.'"
+            )
+    unknown = slots - {"text", "text_pair", "answer"}
+    if unknown:
+        raise ValueError(
+            f"`template` has unknown slots {sorted(unknown)}; allowed: {{text}}, {{text_pair}}, {{answer}}. "
+            "Write a literal brace as '{{' or '}}'."
+        )
+    if text_pair_column is not None and "text_pair" not in slots:
+        raise ValueError(f"`text_pair_column` is set but `template` has no {{text_pair}} slot: {template!r}.")
+    if "text_pair" in slots and text_pair_column is None:
+        raise ValueError("`template` has a {text_pair} slot: set `text_pair_column` to the dataset column.")

@@ -1,0 +1,141 @@
+"""The DecT prototype decoder: a bias-free projection, fixed prototypes and a learnable radius per class.
+
+    s_c(x) = -|| normalize(W h) - p_c ||_2 + r_c + lambda * z_c
+
+`h` is the backbone's hidden state at the answer position, `z` the calibrated zero-shot label-word scores,
+`p_c` fixed xavier-uniform prototypes and `r_c` a radius initialised to the mean distance of class c's
+projected examples to their projected class mean (Cui et al., 2023, and their reference code). Training is
+full-batch Adam on cross-entropy over `s`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+from torch.nn import functional as F
+from transformers.utils import ModelOutput
+
+# Weight value meaning "the calibrated prompt alone": stored as a flag, since JSON has no infinity.
+PROMPT_ONLY = "prompt_only"
+
+
+@dataclass
+class DecTOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class DecTHead(nn.Module):
+    """The prototype decoder. `forward` takes cached features, so it also trains inside a `Trainer`.
+
+    Args:
+        hidden_size (`int`): size of the backbone's hidden states.
+        num_classes (`int`): number of classes.
+        projection_dim (`int`): size of the prototype space (128 in the paper).
+        seed (`int`): seed of the projection and prototype initialisation.
+    """
+
+    def __init__(self, hidden_size: int, num_classes: int, projection_dim: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.projection = nn.Linear(hidden_size, projection_dim, bias=False)
+        bound = 1.0 / hidden_size**0.5  # nn.Linear's default init, drawn from our generator for reproducibility
+        with torch.no_grad():
+            self.projection.weight.uniform_(-bound, bound, generator=generator)
+        prototypes = torch.empty(num_classes, projection_dim)
+        bound = (6.0 / (num_classes + projection_dim)) ** 0.5  # xavier-uniform
+        prototypes.uniform_(-bound, bound, generator=generator)
+        self.register_buffer("prototypes", prototypes)  # fixed, not learned
+        self.radius = nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("zero_shot_weight", torch.tensor(0.0))
+
+    def distances(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        projected = F.normalize(self.projection(hidden_states), dim=-1)  # (N, k)
+        return torch.cdist(projected, self.prototypes)  # (N, C)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        zero_shot_scores: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> DecTOutput:
+        logits = -self.distances(hidden_states.float()) + self.radius
+        if zero_shot_scores is not None:
+            logits = logits + self.zero_shot_weight * zero_shot_scores.float()
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return DecTOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def init_radius(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> None:
+        """r_c = mean distance of class c's projected examples to their projected class mean."""
+        projected = F.normalize(self.projection(hidden_states.float()), dim=-1)
+        for c in range(self.radius.shape[0]):
+            members = projected[labels == c]
+            if len(members):
+                self.radius[c] = (members - members.mean(0)).norm(dim=-1).mean()
+
+
+def train_head(
+    head: DecTHead,
+    hidden: torch.Tensor,
+    scores: torch.Tensor | None,
+    labels: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+) -> list[float]:
+    """Full-batch Adam on the cached features; returns the loss at each step."""
+    head.init_radius(hidden, labels)
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    losses = []
+    head.train()
+    for _ in range(steps):
+        loss = head(hidden, scores, labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    head.eval()
+    return losses
+
+
+def select_zero_shot_weight(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    candidates: list[float],
+    make_head,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    folds: int = 4,
+) -> tuple[float | str, dict[str, float]]:
+    """Pick the zero-shot weight by stratified k-fold accuracy on the training cache.
+
+    "Prompt alone" (`PROMPT_ONLY`) competes too, so the choice never does worse on held-out folds than the
+    prompt or than the head alone. Ties go to the larger weight: with few shots the prompt is the safer bet.
+    With fewer than 2 examples in some class no fold can be held out, and the prompt alone is kept.
+    """
+    y = labels.numpy()
+    min_count = int(np.bincount(y, minlength=scores.shape[1]).min())
+    if min_count < 2:
+        return PROMPT_ONLY, {}
+    splitter = StratifiedKFold(n_splits=min(folds, min_count), shuffle=True, random_state=seed)
+    choices: list[float | str] = [PROMPT_ONLY, *sorted(set(candidates), reverse=True)]
+    correct = dict.fromkeys(map(str, choices), 0)
+    for train_idx, val_idx in splitter.split(np.zeros(len(y)), y):
+        train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        correct[PROMPT_ONLY] += int((scores[val_idx].argmax(1) == labels[val_idx]).sum())
+        for weight in choices[1:]:
+            head = make_head()
+            head.zero_shot_weight.fill_(weight)
+            train_head(head, hidden[train_idx], scores[train_idx], labels[train_idx], steps, learning_rate)
+            with torch.no_grad():
+                predicted = head(hidden[val_idx], scores[val_idx]).logits.argmax(1)
+            correct[str(weight)] += int((predicted == labels[val_idx]).sum())
+    accuracy = {k: v / len(y) for k, v in correct.items()}
+    best = max(choices, key=lambda w: (accuracy[str(w)], -choices.index(w)))
+    return best, accuracy

@@ -1,0 +1,327 @@
+"""DecT on every backbone kind: one query per example, the cache, the head, save/load, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import HfArgumentParser
+
+import hf_frozen.hub
+from hf_frozen import AutoFrozenModel, DecTConfig, DecTModel, get_frozen_model
+from hf_frozen.dect.cache import entry_key
+from hf_frozen.dect.head import PROMPT_ONLY
+
+from . import tiny_dect
+from .tiny_dect import BACKBONES, ClusterAPI, backbone, sentiment
+from .test_save_load import FakeHub
+
+TEMPLATE = "review : {text} . sentiment : {answer} ."
+WORDS = ["terrible|bad", "great|good"]
+
+
+def make(kind, **overrides):
+    config = DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, "labels": ["neg", "pos"], "batch_size": 4,
+                           **overrides})  # fmt: skip
+    if kind == "callable":
+        dect = get_frozen_model(ClusterAPI(), config, backbone_name="cluster-api-v1")
+    else:
+        dect = get_frozen_model(backbone(kind), config, tokenizer=tiny_dect.tokenizer())
+    dect.show_progress = False
+    return dect
+
+
+# -- config ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"template": "{text} was good"}, "{answer}"),
+        ({"template": "It was {answer}."}, "{text}"),
+        ({"template": "{text} {label} {answer}"}, "unknown slots \\['label'\\]"),
+        ({"template": "{text} {text_pair} {answer}"}, "text_pair_column"),
+        ({"label_words": ["bad", ""]}, "Class 1 of `label_words` has no label words"),
+        ({"label_words": ["bad"]}, "at least 2 classes"),
+        ({"label_words": {"neg": "bad", "pos": "good"}}, "not a dict"),
+        ({"labels": ["neg"]}, "one name per class"),
+        ({"steps": 0}, "`steps`"),
+        ({"zero_shot_weight": -1.0}, "`zero_shot_weight`"),
+        ({"response_prefix": "It is"}, "chat_template"),
+        ({"hidden_pooling": "cls"}, "`hidden_pooling`"),
+    ],
+)
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, **kwargs})
+
+
+def test_config_parses_with_hf_argument_parser():
+    (config,) = HfArgumentParser(DecTConfig).parse_args_into_dataclasses(
+        ["--template", TEMPLATE, "--label_words", "terrible|bad", "great|good", "--labels", "neg", "pos",
+         "--zero_shot_weight", "0.5"]
+    )  # fmt: skip
+    assert config.label_words == [["terrible", "bad"], ["great", "good"]]
+    assert config.labels == ["neg", "pos"] and config.zero_shot_weight == 0.5
+
+
+# -- queries and the cache ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [*BACKBONES, "callable"])
+def test_one_query_per_example_on_every_backbone(kind):
+    dect = make(kind)
+    train, test = sentiment(16, seed=0), sentiment(8, seed=1)
+    dect.fit(train)
+    calibration = 1 if kind != "encoder" else 0  # the empty-input query (only with label-word scores)
+    assert dect.num_queries == 16 + calibration
+    assert dect.config.backbone_kind == kind
+    results = dect.evaluate(test)
+    assert results["backbone_queries"] == 8 and results["num_examples"] == 8
+    dect.fit(train)
+    dect.evaluate(test)
+    assert dect.num_queries == 16 + 8 + calibration, "a second fit or evaluate on the same data makes no query"
+    assert dect.predict(test["text"][:3]) == [dect.config.labels[i] for i in
+                                               dect.decision_scores(test["text"][:3]).argmax(-1).tolist()]  # fmt: skip
+
+
+def test_duplicates_are_queried_once():
+    dect = make("callable")
+    data = {"text": ["the film was great"] * 5 + ["the film was bad"] * 5, "label": [1] * 5 + [0] * 5}
+    dect.fit(data)
+    assert dect.num_queries == 2 + 1
+
+
+def test_queries_are_batched_sorted_by_length_and_inference_only():
+    api = ClusterAPI()
+    dect = get_frozen_model(api, DecTConfig(template=TEMPLATE, label_words=WORDS, batch_size=3), backbone_name="x")
+    dect.show_progress = False
+    texts = ["great " * n + "film" for n in (5, 1, 9, 3, 7, 2, 8)]
+    dect.extract(texts)
+    lengths = [len(p) for call in api.calls for p in call]
+    assert lengths == sorted(lengths) and max(len(c) for c in api.calls) == 3
+
+    model = backbone("causal_lm")
+    seen = []
+    head = model.get_output_embeddings()
+    head.register_forward_hook(lambda m, args, out: seen.append((torch.is_inference_mode_enabled(), args[0].shape)))
+    hf = get_frozen_model(model, DecTConfig(template=TEMPLATE, label_words=WORDS, batch_size=4),
+                          tokenizer=tiny_dect.tokenizer())  # fmt: skip
+    hf.show_progress = False
+    hf.extract(sentiment(6)["text"])
+    assert seen == [(True, torch.Size([4, 1, 32])), (True, torch.Size([2, 1, 32]))], "logits at the answer only"
+
+
+def test_answer_position_matches_a_full_forward():
+    """The hooked head must give exactly what a plain forward gives at the answer position."""
+    tok = tiny_dect.tokenizer()
+    for kind in ("masked_lm", "causal_lm", "seq2seq_lm"):
+        model = backbone(kind)
+        dect = get_frozen_model(model, DecTConfig(template=TEMPLATE, label_words=WORDS), tokenizer=tok)
+        dect.show_progress = False
+        text = "the plot was superb"
+        hidden, scores = dect.extract([text])
+        prompt = dect.backbone.render(text, None)
+        ids = torch.tensor([dect.backbone.encode(prompt)])
+        with torch.no_grad():
+            if kind == "seq2seq_lm":
+                logits = model(input_ids=ids, decoder_input_ids=torch.tensor([dect.backbone.decoder_prefix])).logits[0, -1]
+            elif kind == "masked_lm":
+                logits = model(input_ids=ids).logits[0, ids[0].tolist().index(tok.mask_token_id)]
+            else:
+                logits = model(input_ids=ids).logits[0, -1]
+        expected = torch.stack([logits[ids_].max() for ids_ in dect.backbone.label_ids])
+        torch.testing.assert_close(scores[0], expected, msg=kind)
+
+
+def test_disk_cache_is_reused_and_survives_corruption(tmp_path, caplog):
+    first = make("causal_lm", cache_dir=str(tmp_path))
+    data = sentiment(6)
+    first.fit(data)
+    assert first.num_queries == 7
+    files = sorted(p for p in tmp_path.rglob("*.safetensors"))
+    assert len(files) == 7
+
+    second = make("causal_lm", cache_dir=str(tmp_path))
+    second.fit(data)
+    assert second.num_queries == 0, "a new process finds everything on disk"
+
+    # Corrupt one entry (truncated), make another foreign (a copy of a different entry), tamper with a third.
+    files[0].write_bytes(files[0].read_bytes()[:40])
+    files[2].write_bytes(files[1].read_bytes())
+    raw = bytearray(files[3].read_bytes())
+    raw[-4:] = b"\x00\x00\x80\x7f"  # flip the last float to +inf, keeping the header intact
+    files[3].write_bytes(bytes(raw))
+    third = make("causal_lm", cache_dir=str(tmp_path))
+    third.fit(data)
+    assert third.num_queries == 3 and third.cache.rejected == 3
+    assert "cannot be read" in caplog.text and "holds the entry" in caplog.text and "checksum" in caplog.text
+    fourth = make("causal_lm", cache_dir=str(tmp_path))
+    fourth.fit(data)
+    assert fourth.num_queries == 0, "recomputed entries were written back"
+
+
+def test_cache_key_covers_backbone_prompt_and_text():
+    base = entry_key("model-a", {"template": TEMPLATE}, "text", None)
+    assert base != entry_key("model-b", {"template": TEMPLATE}, "text", None)
+    assert base != entry_key("model-a", {"template": TEMPLATE + "!"}, "text", None)
+    assert base != entry_key("model-a", {"template": TEMPLATE}, "text.", None)
+    assert base != entry_key("model-a", {"template": TEMPLATE}, "text", "pair")
+    dect = make("causal_lm")
+    dect.fit(sentiment(4))
+    other_words = make("causal_lm", label_words=["awful|bad", "superb|good"])
+    other_words.cache = dect.cache  # same cache, other label words: every entry misses
+    other_words.fit(sentiment(4))
+    assert other_words.num_queries == 5
+
+
+# -- the head -------------------------------------------------------------------------------------------------
+
+
+def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
+    dect = make("callable")
+    dect.fit(sentiment(64, seed=0))
+    selected = dect.config.selected_zero_shot_weight
+    assert selected in (0.0, 0.1, 0.3) and dect.cv_accuracy[str(selected)] == max(dect.cv_accuracy.values())
+    assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
+    assert dect.fit_seconds["training"] < 5
+
+
+def test_weight_selection_keeps_the_prompt_when_it_is_better():
+    class PromptKnows(ClusterAPI):
+        def __call__(self, prompts, label_words):
+            hidden, _ = super().__call__(prompts, label_words)
+            positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+            scores = np.stack([~positive, positive], 1).astype(float) * 4
+            return self.rng.normal(size=hidden.shape), scores  # hidden states are pure noise
+
+    dect = get_frozen_model(PromptKnows(), DecTConfig(template=TEMPLATE, label_words=WORDS, calibrate=False),
+                            backbone_name="prompt-knows")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    best = max(dect.cv_accuracy.values())
+    assert dect.cv_accuracy[str(dect.config.selected_zero_shot_weight)] == best
+    assert dect.config.selected_zero_shot_weight in (PROMPT_ONLY, 10.0, 3.0)
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+
+
+def test_fixed_weight_and_one_shot():
+    dect = make("callable", zero_shot_weight=0.25)
+    dect.fit(sentiment(8))
+    assert dect.config.selected_zero_shot_weight == 0.25 and float(dect.head.zero_shot_weight) == 0.25
+    one_shot = make("callable")
+    one_shot.fit(sentiment(2))  # one example per class: no fold can be held out
+    assert one_shot.config.selected_zero_shot_weight == PROMPT_ONLY
+
+
+# -- save / load ----------------------------------------------------------------------------------------------
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    tok = tiny_dect.tokenizer()
+    backbone("masked_lm").save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    dect = get_frozen_model(AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm"),
+                            DecTConfig(template=TEMPLATE, label_words=WORDS),
+                            tokenizer=AutoTokenizer.from_pretrained(tmp_path / "mlm"))  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(16))
+    dect.save_pretrained(tmp_path / "head")
+    test = list(sentiment(10, seed=3)["text"])
+    expected = dect.decision_scores(test).tolist()
+    script = (
+        "import json, sys; from hf_frozen import AutoFrozenModel;"
+        f"m = AutoFrozenModel.from_pretrained({str(tmp_path / 'head')!r}); m.show_progress = False;"
+        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores, queries = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    assert queries == 10, "the saved calibration needs no new empty-input query"
+
+
+def test_load_refuses_another_backbone_and_needs_the_callable(tmp_path):
+    dect = make("masked_lm")
+    dect.fit(sentiment(8))
+    dect.save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="fitted on another backbone"):
+        DecTModel.from_pretrained(tmp_path / "head", base_model=backbone("masked_lm", seed=1),
+                                  tokenizer=tiny_dect.tokenizer())  # fmt: skip
+    api = make("callable")
+    api.fit(sentiment(8))
+    api.save_pretrained(tmp_path / "api")
+    with pytest.raises(ValueError, match="callable backbone"):
+        AutoFrozenModel.from_pretrained(tmp_path / "api")
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "api", base_model=ClusterAPI())
+    assert loaded.config.base_model_name_or_path == "cluster-api-v1"
+
+
+def test_push_to_hub(tmp_path, monkeypatch):
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(hf_frozen.hub, "HfApi", hub.api)
+    monkeypatch.setattr(hf_frozen.hub, "hf_hub_download", hub.download)
+    dect = make("callable")
+    dect.fit(sentiment(8))
+    dect.push_to_hub("me/dect-head")
+    assert "tags:\n- hf-frozen\n- dect" in (hub.root / "me" / "dect-head" / "README.md").read_text()
+    loaded = AutoFrozenModel.from_pretrained("me/dect-head", base_model=ClusterAPI())
+    assert torch.equal(loaded.head.radius, dect.head.radius)
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_bad_data_is_named():
+    dect = make("callable")
+    with pytest.raises(ValueError, match="not known to the config"):
+        dect.fit({"text": ["a", "b"], "label": [0, "maybe"]})
+    with pytest.raises(ValueError, match="not known to the config"):
+        dect.fit({"text": ["a", "b"], "label": [0, 2]})
+    with pytest.raises(ValueError, match="empty"):
+        dect.fit({"text": [], "label": []})
+    with pytest.raises(ValueError, match="no label column 'label'"):
+        dect.fit({"text": ["a"], "y": [0]})
+    with pytest.raises(ValueError, match="no text column 'text'"):
+        dect.fit({"sentence": ["a"], "label": [0]})
+    with pytest.raises(RuntimeError, match="call `fit"):
+        make("callable").predict(["a"])
+    dect.fit([{"text": "great film", "label": "pos"}, {"text": "bad film", "label": "neg"}])  # names work
+
+
+def test_bad_backbones_and_label_words_are_named():
+    tok = tiny_dect.tokenizer()
+    with pytest.raises(ValueError, match="Label word 'fantastic' is not in the vocabulary"):
+        get_frozen_model(backbone("masked_lm"), DecTConfig(template=TEMPLATE, label_words=["bad", "fantastic"]),
+                         tokenizer=tok)  # fmt: skip
+    with pytest.raises(ValueError, match="start with the same token"):
+        get_frozen_model(backbone("masked_lm"), DecTConfig(template=TEMPLATE, label_words=["bad|good", "good"]),
+                         tokenizer=tok)  # fmt: skip
+    with pytest.raises(TypeError, match="transformers model or a callable"):
+        get_frozen_model(object(), DecTConfig(template=TEMPLATE, label_words=WORDS))
+    from transformers import BertConfig, BertForSequenceClassification
+
+    with pytest.raises(ValueError, match="cannot query BertForSequenceClassification"):
+        get_frozen_model(BertForSequenceClassification(BertConfig(**tiny_dect._BERT)),
+                         DecTConfig(template=TEMPLATE, label_words=WORDS), tokenizer=tok)  # fmt: skip
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        get_frozen_model(backbone("masked_lm"), DecTConfig(template=TEMPLATE, label_words=WORDS))
+    with pytest.raises(ValueError, match="backbone_name"):
+        get_frozen_model(ClusterAPI(), DecTConfig(template=TEMPLATE, label_words=WORDS))
+
+
+def test_api_returning_wrong_shapes_is_named():
+    bad = get_frozen_model(lambda prompts, words: (np.zeros((1, 4)), None),
+                           DecTConfig(template=TEMPLATE, label_words=WORDS), backbone_name="bad")  # fmt: skip
+    bad.show_progress = False
+    with pytest.raises(ValueError, match="hidden states of shape \\(1, 4\\), expected \\(3, d\\)"):
+        bad.extract(["a", "b", "c"])
+
+
+def test_unused_environment_variable_guard():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
