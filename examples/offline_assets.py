@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
+from random import Random
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
@@ -43,13 +45,15 @@ def smollm2_folder() -> Path:
     # `save_pretrained` refuses a GGUF-loaded model: drop the quantization record, write the parts by hand.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + ".tmp")
+    # Written to a side folder and renamed, so an interrupted conversion never looks finished.
+    tmp = folder.with_name(folder.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"))
-    tmp.replace(folder) if not folder.exists() else None
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
     return folder
 
 
@@ -88,3 +92,12 @@ def fixed_split(dataset: Dataset, test_size: int, seed: int = 0) -> DatasetDict:
     """A test split fixed by seed (the same examples every run), and the rest as the pool to draw shots from."""
     split = dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
     return DatasetDict(pool=split["train"], test=split["test"])
+
+
+def few_shot(pool: Dataset, shots: int, seed: int) -> Dataset:
+    """`shots` examples of each class, drawn from the pool by seed."""
+    picked = []
+    for label in sorted(set(pool["label"])):
+        indices = [i for i, y in enumerate(pool["label"]) if y == label]
+        picked += Random(seed * 1000 + label).sample(indices, shots)
+    return pool.select(sorted(picked))

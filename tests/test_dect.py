@@ -325,3 +325,74 @@ def test_api_returning_wrong_shapes_is_named():
 
 def test_unused_environment_variable_guard():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+# -- inside a user's Trainer ----------------------------------------------------------------------------------
+
+
+def test_trainer_trains_the_same_head_without_requerying(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_frozen import DecTCallback, DecTCollator
+
+    train = sentiment(16)
+    dect = make("causal_lm", zero_shot_weight=0.5)
+    head = dect.new_head()
+    # Full-batch Adam as in `fit`: AdamW without weight decay or clipping, constant lr, one batch per epoch.
+    args = TrainingArguments(
+        str(tmp_path), remove_unused_columns=False, learning_rate=0.01, num_train_epochs=30, weight_decay=0.0,
+        per_device_train_batch_size=16, lr_scheduler_type="constant", max_grad_norm=0.0, optim="adamw_torch",
+        report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=head, args=args, train_dataset=train, data_collator=DecTCollator(dect),
+                      callbacks=[DecTCallback(dect)])  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 30
+    assert dect.num_queries == 16 + 1, "30 epochs, still one query per example (+ the empty input)"
+    assert dect.head is head and dect.config.selected_zero_shot_weight == 0.5
+
+    reference = make("causal_lm", zero_shot_weight=0.5)
+    reference.fit(train)
+    for name, tensor in reference.head.state_dict().items():
+        torch.testing.assert_close(head.state_dict()[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+    test = sentiment(8, seed=4)
+    assert dect.evaluate(test)["accuracy"] == reference.evaluate(test)["accuracy"]
+
+
+def test_collator_explains_dropped_columns():
+    from hf_frozen import DecTCollator
+
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        DecTCollator(make("callable"))([{"label": 0}])
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def test_command_fits_evaluates_and_saves(tmp_path):
+    import shutil
+
+    backbone("masked_lm").save_pretrained(tmp_path / "mlm")
+    tiny_dect.tokenizer().save_pretrained(tmp_path / "mlm")
+    sentiment(40, seed=0).to_csv(tmp_path / "train.csv")
+    sentiment(12, seed=1).to_csv(tmp_path / "test.csv")
+    command = shutil.which("hf-frozen")
+    assert command, "pip install puts the `hf-frozen` command on PATH"
+    done = subprocess.run(
+        [command, "dect", "--model_name_or_path", str(tmp_path / "mlm"), "--train_file", str(tmp_path / "train.csv"),
+         "--test_file", str(tmp_path / "test.csv"), "--shots", "8", "--template", TEMPLATE,
+         "--label_words", "terrible|bad", "great|good", "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train_examples"] == 16
+    assert metrics["backbone_queries"] == 16 + 12 + 1
+    assert metrics["test"]["dect"]["num_examples"] == 12 and "zero_shot" in metrics["test"]
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "out")
+    assert loaded.config.backbone_kind == "masked_lm"
+
+    bad = subprocess.run([command, "dect", "--model_name_or_path", str(tmp_path / "mlm"), "--output_dir", "x",
+                          "--train_file", str(tmp_path / "train.csv"), "--template", "{text}",
+                          "--label_words", "bad", "good"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode != 0 and "must contain the {answer} slot" in bad.stderr

@@ -127,14 +127,14 @@ class HFBackbone:
 
     def _answer_token(self) -> str | None:
         """What fills the {answer} slot: the mask (or T5 sentinel) token, or None to cut the prompt there."""
-        if self.kind == "causal_lm":
-            return None
+        if self.kind == "causal_lm" or (self.kind == "encoder" and self.config.hidden_pooling == "mean"):
+            return None  # causal LMs read the next token; a mean over the text needs no answer token
         if self.kind == "seq2seq_lm" and "<extra_id_0>" in self.tokenizer.get_vocab():
             return "<extra_id_0>"
         mask = self.tokenizer.mask_token
         if self.kind == "masked_lm" and mask is None:
             raise ValueError(f"DecT on masked LM {type(self.model).__name__} needs a tokenizer with a mask token.")
-        if self.kind == "encoder" and self.config.hidden_pooling == "answer" and mask is None:
+        if self.kind == "encoder" and mask is None:
             raise ValueError(
                 "`hidden_pooling='answer'` on a plain encoder needs a tokenizer with a mask token; "
                 "use `hidden_pooling='mean'`."

@@ -139,7 +139,7 @@ class DecTModel(HubMixin):
         scores = torch.from_numpy(np.stack([entries[k][1] for k in keys])) if has_scores else None
         return hidden, scores
 
-    def zero_shot_scores(self, raw_scores: torch.Tensor) -> torch.Tensor:
+    def zero_shot_scores(self, raw_scores: torch.Tensor, calibrate: bool | None = None) -> torch.Tensor:
         """Label-word log-probabilities (over the classes), minus those of the empty input when calibrating.
 
         The reference code divides raw logits by `z0 / mean(z0)`; that is only meaningful for positive logits.
@@ -147,7 +147,7 @@ class DecTModel(HubMixin):
         it removes the prompt's prior preference for some label words, whatever the logits' sign and scale.
         """
         scores = raw_scores.float().log_softmax(-1)
-        if self.config.calibrate:
+        if self.config.calibrate if calibrate is None else calibrate:
             if self.calibration is None:
                 _, raw_empty = self.extract([""], [""] if self.config.text_pair_column else None)
                 self.calibration = raw_empty[0].float().log_softmax(-1)
@@ -222,11 +222,25 @@ class DecTModel(HubMixin):
         predicted = self.decision_scores(texts, text_pairs).argmax(-1).tolist()
         return [self.config.labels[i] for i in predicted]
 
-    def evaluate(self, dataset: Any) -> dict[str, float]:
-        """Accuracy and macro-F1 (scikit-learn, offline) on a labelled dataset, with the queries it cost."""
+    def evaluate(self, dataset: Any, scoring: str = "dect") -> dict[str, float]:
+        """Accuracy and macro-F1 (scikit-learn, offline) on a labelled dataset, with the queries it cost.
+
+        Args:
+            dataset: labelled data, as for `fit`.
+            scoring (`str`, defaults to `"dect"`): `"dect"` for the fitted model; `"zero_shot"` or
+                `"zero_shot_uncalibrated"` for the prompt alone (argmax of the label-word scores), which needs no fit.
+        """
         texts, pairs, labels = self._read(self._require_labels(dataset), need_labels=True)
         queries_before = self.num_queries
-        predicted = self.decision_scores(texts, pairs).argmax(-1).numpy()
+        if scoring == "dect":
+            predicted = self.decision_scores(texts, pairs).argmax(-1).numpy()
+        elif scoring in ("zero_shot", "zero_shot_uncalibrated"):
+            _, raw = self.extract(texts, pairs)
+            if raw is None:
+                raise ValueError(f"A {self.backbone.kind} backbone gives no label-word scores: no zero-shot prediction.")
+            predicted = self.zero_shot_scores(raw, calibrate=scoring == "zero_shot").argmax(-1).numpy()
+        else:
+            raise ValueError(f"`scoring` must be 'dect', 'zero_shot' or 'zero_shot_uncalibrated', got {scoring!r}.")
         return {
             "accuracy": float(accuracy_score(labels.numpy(), predicted)),
             "macro_f1": float(f1_score(labels.numpy(), predicted, average="macro")),

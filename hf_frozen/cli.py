@@ -1,0 +1,135 @@
+"""The `hf-frozen` command. `hf-frozen dect ...` fits a DecT head on local files or a `datasets` dataset.
+
+    hf-frozen dect --model_name_or_path roberta-large --train_file train.csv --test_file test.csv \
+        --template "{text} It was {answer}." --label_words "terrible|bad" "great|good" --output_dir out/dect
+
+Every `DecTConfig` field is an option too (`hf-frozen dect --help`); options can also come from one `.json`
+file (`hf-frozen dect args.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Literal
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
+
+from . import __version__
+from .dect import DecTConfig, DecTModel
+
+
+
+@dataclasses.dataclass
+class DecTRunArguments:
+    model_name_or_path: str = dataclasses.field(metadata={"help": "Hub id or local path of the frozen backbone."})
+    output_dir: str = dataclasses.field(metadata={"help": "Where the head, its config and metrics.json go."})
+    backbone: Literal["auto", "masked_lm", "causal_lm", "seq2seq_lm", "encoder"] = dataclasses.field(
+        default="auto", metadata={"help": "How to load the backbone; 'auto' reads its config's architectures."}
+    )
+    train_file: str | None = dataclasses.field(default=None, metadata={"help": "Training data (.csv/.json/.jsonl)."})
+    test_file: str | None = dataclasses.field(default=None, metadata={"help": "Test data (.csv/.json/.jsonl)."})
+    dataset_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "A `datasets` dataset instead of files: a Hub name, or a folder saved with "
+                                        "`save_to_disk`."}  # fmt: skip
+    )
+    train_split: str = dataclasses.field(default="train", metadata={"help": "Split of `dataset_name` to fit on."})
+    test_split: str = dataclasses.field(default="test", metadata={"help": "Split of `dataset_name` to test on."})
+    shots: int | None = dataclasses.field(
+        default=None, metadata={"help": "Fit on this many examples per class, drawn by --seed (default: all)."}
+    )
+
+
+def _load_splits(run: DecTRunArguments):
+    from datasets import load_dataset, load_from_disk
+
+    if run.dataset_name:
+        data = load_from_disk(run.dataset_name) if os.path.isdir(run.dataset_name) else load_dataset(run.dataset_name)
+        return data[run.train_split], data[run.test_split] if run.test_split in data else None
+    if not run.train_file:
+        raise ValueError("Give `--train_file` (and optionally `--test_file`) or `--dataset_name`.")
+    files = {"train": run.train_file, **({"test": run.test_file} if run.test_file else {})}
+    extension = os.path.splitext(run.train_file)[1].lstrip(".")
+    if extension not in ("csv", "json", "jsonl"):
+        raise ValueError(f"`--train_file` must be .csv, .json or .jsonl, got {run.train_file!r}.")
+    data = load_dataset("csv" if extension == "csv" else "json", data_files=files)
+    return data["train"], data.get("test")
+
+
+def _few_shot(dataset, config: DecTConfig, shots: int, seed: int):
+    import random
+
+    by_label: dict = {}
+    for i, label in enumerate(dataset[config.label_column]):
+        by_label.setdefault(label, []).append(i)
+    short = {label: len(idx) for label, idx in by_label.items() if len(idx) < shots}
+    if short:
+        raise ValueError(f"`--shots {shots}` but some classes have fewer training examples: {short}.")
+    rng = random.Random(seed)
+    return dataset.select(sorted(i for label in sorted(by_label, key=str) for i in rng.sample(by_label[label], shots)))
+
+
+def _load_backbone(run: DecTRunArguments):
+    from .dect.model import _AUTO_CLASSES
+
+    kind = run.backbone
+    if kind == "auto":
+        config = AutoConfig.from_pretrained(run.model_name_or_path)
+        architectures = " ".join(getattr(config, "architectures", None) or [])
+        if getattr(config, "is_encoder_decoder", False):
+            kind = "seq2seq_lm"
+        elif "MaskedLM" in architectures:
+            kind = "masked_lm"
+        elif "CausalLM" in architectures or "LMHeadModel" in architectures:
+            kind = "causal_lm"
+        else:
+            kind = "encoder"
+    model_class = _AUTO_CLASSES.get(kind, AutoModel)
+    return model_class.from_pretrained(run.model_name_or_path), AutoTokenizer.from_pretrained(run.model_name_or_path)
+
+
+def dect_main(argv: list[str]) -> dict:
+    parser = HfArgumentParser((DecTRunArguments, DecTConfig), prog="hf-frozen dect")
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        run, config = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        run, config = parser.parse_args_into_dataclasses(argv)
+    train, test = _load_splits(run)
+    if run.shots is not None:
+        train = _few_shot(train, config, run.shots, config.seed)
+    backbone, tokenizer = _load_backbone(run)
+    config.base_model_name_or_path = run.model_name_or_path
+    dect: DecTModel = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
+    dect.fit(train)
+    metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,
+                     "zero_shot_weight": dect.config.selected_zero_shot_weight}  # fmt: skip
+    if test is not None:
+        metrics["test"] = {"dect": dect.evaluate(test)}
+        if dect.config.backbone_kind != "encoder":
+            metrics["test"]["zero_shot"] = dect.evaluate(test, scoring="zero_shot")
+    metrics["backbone_queries"] = dect.num_queries
+    dect.save_pretrained(run.output_dir)
+    with open(os.path.join(run.output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="hf-frozen", description="Frozen-decoder and DecT adapters.")
+    parser.add_argument("--version", action="version", version=f"hf-frozen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dect", help="fit and evaluate a DecT head; `hf-frozen dect --help` lists options",
+                        add_help=False)  # fmt: skip
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "dect":
+        dect_main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
