@@ -185,7 +185,8 @@ def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
     dect = make("callable")
     dect.fit(sentiment(64, seed=0))
     selected = dect.config.selected_zero_shot_weight
-    assert selected in (0.0, 0.1, 0.3) and dect.cv_accuracy[str(selected)] == max(dect.cv_accuracy.values())
+    assert selected in (0.0, 0.1, 0.3), dect.cv_results
+    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[str(selected)]["loss"]
     assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
     assert dect.fit_seconds["training"] < 5
 
@@ -202,9 +203,8 @@ def test_weight_selection_keeps_the_prompt_when_it_is_better():
                             backbone_name="prompt-knows")  # fmt: skip
     dect.show_progress = False
     dect.fit(sentiment(32))
-    best = max(dect.cv_accuracy.values())
-    assert dect.cv_accuracy[str(dect.config.selected_zero_shot_weight)] == best
-    assert dect.config.selected_zero_shot_weight in (PROMPT_ONLY, 10.0, 3.0)
+    assert dect.config.selected_zero_shot_weight in (PROMPT_ONLY, 10.0), dect.cv_results  # the prompt dominates
+    assert dect.cv_results["prompt_only"]["accuracy"] == 1.0
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
 
 

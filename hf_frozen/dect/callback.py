@@ -83,7 +83,7 @@ class DecTCallback(TrainerCallback):
         if scores is not None:
             weight = config.zero_shot_weight
             if weight is None:
-                weight, self.dect.cv_accuracy = select_zero_shot_weight(
+                weight, self.dect.cv_results = select_zero_shot_weight(
                     hidden, scores, labels, config.zero_shot_weight_candidates,
                     lambda: self.dect.new_head(hidden.shape[1]), config.steps, config.learning_rate, config.seed,
                 )  # fmt: skip

@@ -55,7 +55,7 @@ class DecTModel(HubMixin):
         self.num_queries = 0  # backbone queries made by this object: one per uncached example
         self.head: DecTHead | None = None
         self.calibration: torch.Tensor | None = None  # label-word scores of the empty input, (C,)
-        self.cv_accuracy: dict[str, float] = {}
+        self.cv_results: dict[str, dict[str, float]] = {}  # zero-shot weight choice -> held-out loss, accuracy
         self.fit_seconds: dict[str, float] = {}
         self.show_progress = True
 
@@ -189,7 +189,7 @@ class DecTModel(HubMixin):
         elif config.zero_shot_weight is not None:
             weight = float(config.zero_shot_weight)
         else:
-            weight, self.cv_accuracy = select_zero_shot_weight(
+            weight, self.cv_results = select_zero_shot_weight(
                 hidden, scores, labels, config.zero_shot_weight_candidates,
                 lambda: self.new_head(hidden.shape[1]), config.steps, config.learning_rate, config.seed,
             )  # fmt: skip
