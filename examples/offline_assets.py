@@ -83,9 +83,7 @@ def sms_spam() -> Dataset:
             names.append(label.strip())
             texts.append(text.strip())
     labels = ClassLabel(names=["ham", "spam"])
-    return Dataset.from_dict({"text": texts, "label": [labels.str2int(n) for n in names]}).cast_column(
-        "label", labels
-    )
+    return Dataset.from_dict({"text": texts, "label": [labels.str2int(n) for n in names]}).cast_column("label", labels)
 
 
 def fixed_split(dataset: Dataset, test_size: int, seed: int = 0) -> DatasetDict:

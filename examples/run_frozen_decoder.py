@@ -145,8 +145,8 @@ def main() -> None:
         references = raw["validation"][data_args.summary_column][: len(texts)]
         metrics = dict(output.metrics)
         metrics["eval_num_beams"] = training_args.generation_num_beams
-        metrics["eval_exact_match"] = float(np.mean([p == r.strip() for p, r in zip(texts, references)]))
-        metrics["eval_token_f1"] = float(np.mean([token_f1(p, r) for p, r in zip(texts, references)]))
+        metrics["eval_exact_match"] = float(np.mean([p == r.strip() for p, r in zip(texts, references, strict=True)]))
+        metrics["eval_token_f1"] = float(np.mean([token_f1(p, r) for p, r in zip(texts, references, strict=True)]))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         if trainer.is_world_process_zero():

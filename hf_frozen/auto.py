@@ -32,7 +32,8 @@ def get_frozen_model(model: Any, config: FrozenAdapterConfig, **kwargs: Any) -> 
     """
     if not isinstance(config, FrozenAdapterConfig):
         raise TypeError(
-            f"`config` must be an hf-frozen adapter config (FrozenDecoderConfig, DecTConfig), got {type(config).__name__}."
+            "`config` must be an hf-frozen adapter config (FrozenDecoderConfig, DecTConfig), "
+            f"got {type(config).__name__}."
         )
     return get_adapter(config.ADAPTER_TYPE).model_class.from_base_model(model, config, **kwargs)
 
@@ -62,4 +63,6 @@ class AutoFrozenModel:
         if adapter_type is None:
             raise ValueError(f"{path} has no `adapter_type`: it was not written by hf-frozen.")
         model_class = get_adapter(adapter_type).model_class
-        return model_class.from_pretrained(path_or_repo_id, base_model=base_model, revision=revision, token=token, **kwargs)
+        return model_class.from_pretrained(
+            path_or_repo_id, base_model=base_model, revision=revision, token=token, **kwargs
+        )

@@ -22,7 +22,6 @@ from . import __version__
 from .dect import DecTConfig, DecTModel
 
 
-
 @dataclasses.dataclass
 class DecTRunArguments:
     model_name_or_path: str = dataclasses.field(metadata={"help": "Hub id or local path of the frozen backbone."})
@@ -33,8 +32,10 @@ class DecTRunArguments:
     train_file: str | None = dataclasses.field(default=None, metadata={"help": "Training data (.csv/.json/.jsonl)."})
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "Test data (.csv/.json/.jsonl)."})
     dataset_name: str | None = dataclasses.field(
-        default=None, metadata={"help": "A `datasets` dataset instead of files: a Hub name, or a folder saved with "
-                                        "`save_to_disk`."}  # fmt: skip
+        default=None,
+        metadata={
+            "help": "A `datasets` dataset instead of files: a Hub name, or a folder saved with `save_to_disk`."
+        },  # fmt: skip
     )
     train_split: str = dataclasses.field(default="train", metadata={"help": "Split of `dataset_name` to fit on."})
     test_split: str = dataclasses.field(default="test", metadata={"help": "Split of `dataset_name` to test on."})

@@ -16,8 +16,8 @@ from hf_frozen.dect.cache import entry_key
 from hf_frozen.dect.head import PROMPT_ONLY
 
 from . import tiny_dect
-from .tiny_dect import BACKBONES, ClusterAPI, backbone, sentiment
 from .test_save_load import FakeHub
+from .tiny_dect import BACKBONES, ClusterAPI, backbone, sentiment
 
 TEMPLATE = "review : {text} . sentiment : {answer} ."
 WORDS = ["terrible|bad", "great|good"]
@@ -128,7 +128,9 @@ def test_answer_position_matches_a_full_forward():
         ids = torch.tensor([dect.backbone.encode(prompt)])
         with torch.no_grad():
             if kind == "seq2seq_lm":
-                logits = model(input_ids=ids, decoder_input_ids=torch.tensor([dect.backbone.decoder_prefix])).logits[0, -1]
+                logits = model(input_ids=ids, decoder_input_ids=torch.tensor([dect.backbone.decoder_prefix])).logits[
+                    0, -1
+                ]
             elif kind == "masked_lm":
                 logits = model(input_ids=ids).logits[0, ids[0].tolist().index(tok.mask_token_id)]
             else:

@@ -148,7 +148,9 @@ class HFBackbone:
         if start is None:
             raise ValueError(f"{type(self.model).__name__} has no `decoder_start_token_id` in its config.")
         # T5 answers a sentinel with the sentinel first: read the answer after it.
-        sentinel = [self.tokenizer.convert_tokens_to_ids(self.answer_token)] if self.answer_token == "<extra_id_0>" else []
+        sentinel = (
+            [self.tokenizer.convert_tokens_to_ids(self.answer_token)] if self.answer_token == "<extra_id_0>" else []
+        )
         return [start, *sentinel]
 
     def render(self, text: str, text_pair: str | None) -> str:
@@ -292,7 +294,9 @@ class CallableBackbone:
         scores = None if result[1] is None else np.asarray(result[1], dtype=np.float32)
         n, c = len(prompts), self.config.num_classes
         if hidden.ndim != 2 or hidden.shape[0] != n:
-            raise ValueError(f"The backbone callable returned hidden states of shape {hidden.shape}, expected ({n}, d).")
+            raise ValueError(
+                f"The backbone callable returned hidden states of shape {hidden.shape}, expected ({n}, d)."
+            )
         if scores is not None and scores.shape != (n, c):
             raise ValueError(f"The backbone callable returned scores of shape {scores.shape}, expected ({n}, {c}).")
         return hidden, scores

@@ -91,7 +91,9 @@ class DecTCallback(TrainerCallback):
         head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
         head.init_radius(hidden, labels)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         head = kwargs.get("model")
         self.dect.head = head.eval()
         self.dect.config.hidden_size = head.projection.in_features

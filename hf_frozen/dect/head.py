@@ -156,5 +156,7 @@ def select_zero_shot_weight(
         if gap.mean() <= gap.std() / len(y) ** 0.5:
             chosen = choice
             break
-    summary = {str(c): {"loss": losses[str(c)].mean().item(), "accuracy": correct[str(c)].mean().item()} for c in choices}
+    summary = {
+        str(c): {"loss": losses[str(c)].mean().item(), "accuracy": correct[str(c)].mean().item()} for c in choices
+    }
     return chosen, summary

@@ -110,7 +110,7 @@ class DecTModel(HubMixin):
         """
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
         settings, fingerprint = self._settings(), self.backbone.fingerprint
-        keys = [entry_key(fingerprint, settings, t, p) for t, p in zip(texts, pairs)]
+        keys = [entry_key(fingerprint, settings, t, p) for t, p in zip(texts, pairs, strict=True)]
         entries: dict[str, Any] = {}
         todo = []
         for i, key in enumerate(keys):
@@ -166,9 +166,10 @@ class DecTModel(HubMixin):
         """A fresh, untrained head sized for this backbone (to train in a `Trainer`, see `DecTCallback`)."""
         if hidden_size is None:
             # The empty input is the calibration query anyway: its answer tells the hidden size.
-            hidden_size = self.config.hidden_size or self.extract([""], [""] if self.config.text_pair_column else None)[
-                0
-            ].shape[1]
+            hidden_size = (
+                self.config.hidden_size
+                or self.extract([""], [""] if self.config.text_pair_column else None)[0].shape[1]
+            )
         return DecTHead(hidden_size, self.config.num_classes, self.config.projection_dim, self.config.seed)
 
     def fit(self, dataset: Any) -> DecTModel:
@@ -237,7 +238,9 @@ class DecTModel(HubMixin):
         elif scoring in ("zero_shot", "zero_shot_uncalibrated"):
             _, raw = self.extract(texts, pairs)
             if raw is None:
-                raise ValueError(f"A {self.backbone.kind} backbone gives no label-word scores: no zero-shot prediction.")
+                raise ValueError(
+                    f"A {self.backbone.kind} backbone gives no label-word scores: no zero-shot prediction."
+                )
             predicted = self.zero_shot_scores(raw, calibrate=scoring == "zero_shot").argmax(-1).numpy()
         else:
             raise ValueError(f"`scoring` must be 'dect', 'zero_shot' or 'zero_shot_uncalibrated', got {scoring!r}.")
@@ -358,6 +361,7 @@ class DecTModel(HubMixin):
 
     def model_card(self) -> str:
         c = self.config
+        classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
         return f"""---
 library_name: hf-frozen
 base_model: {c.base_model_name_or_path or "unknown"}
@@ -373,7 +377,7 @@ A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbon
 backbone's hidden state at the answer slot, combined with calibrated label-word scores.
 
 - Template: `{c.template}`
-- Classes and label words: {", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words))}
+- Classes and label words: {classes}
 - Zero-shot weight in use: `{c.selected_zero_shot_weight}`
 
 ## Usage

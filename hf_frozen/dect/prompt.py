@@ -22,7 +22,7 @@ class PromptTemplate:
     def render(self, text: str, text_pair: str | None, answer: str | None) -> str:
         values = {"text": text, "text_pair": text_pair or ""}
         out = []
-        for literal, field, spec, conversion in self.parts:
+        for literal, field, spec, _conversion in self.parts:
             out.append(literal)
             if field is None:
                 continue

@@ -23,7 +23,8 @@ def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderModel:
     if current is None:
         raise TypeError(
             f"FrozenDecoderCallback needs the Trainer's model to be a FrozenDecoderModel, got "
-            f"{type(model).__name__}. Wrap it first: `model = hf_frozen.get_frozen_model(model, FrozenDecoderConfig())`."
+            f"{type(model).__name__}. Wrap it first: "
+            "`model = hf_frozen.get_frozen_model(model, FrozenDecoderConfig())`."
         )
     return current
 
@@ -75,5 +76,7 @@ class FrozenDecoderCallback(TrainerCallback):
         model = unwrap_frozen_model(kwargs.get("model"))
         model.save_pretrained(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         unwrap_frozen_model(kwargs.get("model")).verify_frozen()

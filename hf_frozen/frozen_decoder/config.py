@@ -74,7 +74,9 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
     def __post_init__(self) -> None:
         check_choice(self, "encoder_training", ENCODER_TRAINING_MODES)
         if not isinstance(self.train_encoder_embeddings, bool):
-            raise ValueError(f"`train_encoder_embeddings` must be True or False, got {self.train_encoder_embeddings!r}.")
+            raise ValueError(
+                f"`train_encoder_embeddings` must be True or False, got {self.train_encoder_embeddings!r}."
+            )
         check_positive(self, "lora_r")
         check_positive(self, "lora_alpha")
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
@@ -84,5 +86,6 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
                 self.lora_target_modules = [self.lora_target_modules]
             if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
                 raise ValueError(
-                    f"`lora_target_modules` must be a non-empty list of module names, got {self.lora_target_modules!r}."
+                    "`lora_target_modules` must be a non-empty list of module names, "
+                    f"got {self.lora_target_modules!r}."
                 )

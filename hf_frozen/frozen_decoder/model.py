@@ -41,7 +41,7 @@ class FrozenDecoderModel(HubMixin, nn.Module):
         check_encoder_decoder(base_model)
         if getattr(base_model, "_hf_frozen_adapter", None):
             raise ValueError(
-                f"This {type(base_model).__name__} already carries an hf-frozen adapter (the wrapping changes the base "
+                f"This {type(base_model).__name__} already carries an hf-frozen adapter (wrapping changes the base "
                 "model in place). Load a fresh copy of the base model for each adapter."
             )
         config = copy.deepcopy(config)
@@ -68,7 +68,9 @@ class FrozenDecoderModel(HubMixin, nn.Module):
         self.register_state_dict_post_hook(_drop_aliases)
         self.register_load_state_dict_pre_hook(_restore_aliases)
         # Trainer keeps only the dataset columns that `model.forward` names: show it the base model's signature.
-        self.forward = functools.update_wrapper(functools.partial(FrozenDecoderModel.forward, self), base_model.forward)
+        self.forward = functools.update_wrapper(
+            functools.partial(FrozenDecoderModel.forward, self), base_model.forward
+        )
 
     @classmethod
     def from_base_model(cls, base_model: PreTrainedModel, config: FrozenDecoderConfig) -> FrozenDecoderModel:
@@ -111,7 +113,9 @@ class FrozenDecoderModel(HubMixin, nn.Module):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
 
     def decoder_fingerprint(self) -> str:
         """The fingerprint of the decoder side as it is now (the config holds the one recorded at wrap time)."""
@@ -281,4 +285,3 @@ def _restore_aliases(module: FrozenDecoderModel, state_dict: dict, prefix: str, 
     for alias, canonical in module._aliases.items():
         if prefix + alias not in state_dict and prefix + canonical in state_dict:
             state_dict[prefix + alias] = state_dict[prefix + canonical]
-
