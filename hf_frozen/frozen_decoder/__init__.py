@@ -4,7 +4,8 @@ from ..registry import register_adapter
 from .callback import FrozenDecoderCallback
 from .config import FrozenDecoderConfig
 from .model import FrozenDecoderModel
+from .multi_encoder import MultiEncoderModel
 
 register_adapter(FrozenDecoderConfig, FrozenDecoderModel)
 
-__all__ = ["FrozenDecoderCallback", "FrozenDecoderConfig", "FrozenDecoderModel"]
+__all__ = ["FrozenDecoderCallback", "FrozenDecoderConfig", "FrozenDecoderModel", "MultiEncoderModel"]

@@ -1,0 +1,58 @@
+"""Temperature-based task mixing (the square-root rule at T = 2), on real datasets and the real Trainer."""
+
+import math
+from collections import Counter
+
+import pytest
+from datasets import Dataset
+
+from hf_frozen import FrozenDecoderConfig, get_frozen_model, mix_tasks, task_probabilities
+
+from .tiny_models import copy_task_dataset, tiny_model
+from .trainer_utils import training_args
+
+
+def test_square_root_rule():
+    p = task_probabilities({"big": 900, "small": 100}, temperature=2.0)
+    assert p["big"] == pytest.approx(30 / 40) and p["small"] == pytest.approx(10 / 40)
+    assert task_probabilities({"a": 900, "b": 100}, temperature=1.0)["a"] == pytest.approx(0.9)
+    uniform = task_probabilities({"a": 900, "b": 100}, temperature=1e9)
+    assert uniform["a"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_stream_follows_the_probabilities_and_is_reproducible():
+    tasks = {"big": Dataset.from_dict({"x": list(range(4000))}), "small": Dataset.from_dict({"x": list(range(1000))})}
+    mixed = mix_tasks(tasks, temperature=2.0, seed=0)
+    counts = Counter(mixed["task"])
+    share = counts["big"] / (counts["big"] + counts["small"])
+    expected = math.sqrt(4000) / (math.sqrt(4000) + math.sqrt(1000))  # 2/3
+    assert share == pytest.approx(expected, abs=0.03)
+    assert mix_tasks(tasks, seed=0)["x"] == mixed["x"]
+    assert mix_tasks(tasks, seed=1)["x"] != mixed["x"]
+    assert "task" not in mix_tasks(tasks, task_column=None).column_names
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, "2"])
+def test_bad_temperature(temperature):
+    with pytest.raises(ValueError, match="`temperature` must be a positive number"):
+        mix_tasks({"a": Dataset.from_dict({"x": [1]})}, temperature=temperature)
+
+
+def test_empty_task_and_no_tasks():
+    with pytest.raises(ValueError, match=r"\['empty'\] are empty"):
+        mix_tasks({"a": Dataset.from_dict({"x": [1]}), "empty": Dataset.from_dict({"x": []})})
+    with pytest.raises(ValueError, match="at least one task"):
+        mix_tasks({})
+
+
+def test_one_shared_encoder_trains_on_the_mixed_stream(tmp_path):
+    from transformers import Seq2SeqTrainer
+
+    from hf_frozen import FrozenDecoderCallback
+
+    stream = mix_tasks({"reverse": copy_task_dataset(64, seed=0), "reverse2": copy_task_dataset(16, seed=1)}, seed=0)
+    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
+    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path), max_steps=4), train_dataset=stream,
+                             callbacks=[FrozenDecoderCallback()])  # fmt: skip
+    assert trainer.train().global_step == 4
+    model.verify_frozen()

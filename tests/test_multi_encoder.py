@@ -1,0 +1,112 @@
+"""Many task encoders on one frozen decoder: mixed-task generation equals each task alone."""
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, MultiEncoderModel, get_frozen_model
+
+from .tiny_models import tiny_model
+from .trainer_utils import make_trainer
+
+MODES = {
+    "full": FrozenDecoderConfig(),
+    "full+embeddings": FrozenDecoderConfig(train_encoder_embeddings=True),
+    "lora": FrozenDecoderConfig(encoder_training="lora", lora_r=4),
+}
+
+
+def train_task(base_dir, mode, out, seed):
+    model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(base_dir), MODES[mode])
+    make_trainer(model, str(out / "run"), max_steps=3, learning_rate=3e-2, seed=seed).train()
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    found = {}
+    for family in ("t5", "bart"):
+        tiny_model(family).save_pretrained(root / family)
+        found[family] = {
+            mode: train_task(root / family, mode, root / f"{family}-{mode}", seed=i) for i, mode in enumerate(MODES)
+        }
+    return root, found
+
+
+def batch(family):
+    pad = 0 if family == "t5" else 1
+    ids = torch.tensor(
+        [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, pad, pad, pad, pad, pad], [30, 31, 32, 33, 34, pad, pad, pad],
+         [40, 41, 42, 43, 44, 45, pad, pad], [50, 51, pad, pad, pad, pad, pad, pad]]
+    )  # fmt: skip
+    return ids, (ids != pad).long()
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_mixed_batch_equals_each_task_alone(artifacts, family, num_beams):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / family), found[family])
+    ids, mask = batch(family)
+    tasks = ["lora", "full", "full+embeddings", "full", "lora"]
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, num_beams=num_beams, do_sample=False)
+    mixed = server.generate(input_ids=ids, attention_mask=mask, tasks=tasks, **kwargs)
+    for task in MODES:
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        alone = AutoFrozenModel.from_pretrained(found[family][task])
+        width = int(mask[rows].sum(1).max())  # the group padded only as far as it needs
+        expected = alone.generate(input_ids=ids[rows][:, :width], attention_mask=mask[rows][:, :width], **kwargs)
+        assert mixed[rows].tolist() == expected.tolist(), task
+
+
+def test_decoder_is_held_once_and_tasks_are_listed(artifacts):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "t5"), found["t5"])
+    listing = server.tasks()
+    assert sorted(listing) == sorted(MODES)
+    encoder_params = sum(p.numel() for p in server.base_model.get_encoder().parameters())
+    embedding = server.base_model.shared.weight.numel()
+    assert listing["full"]["parameters"] == encoder_params - embedding  # the tied embedding stays shared
+    assert listing["full+embeddings"]["parameters"] == encoder_params
+    assert 0 < listing["lora"]["parameters"] < listing["full"]["parameters"] // 4  # only the LoRA weights
+    assert listing["full"]["bytes"] == 4 * listing["full"]["parameters"]
+    shared = server.base_model.shared.weight
+    assert server.encoders["full"].get_input_embeddings().weight is shared  # the same object, not a copy
+    assert server.encoders["lora"].get_input_embeddings().weight is shared
+    assert server.encoders["full+embeddings"].get_input_embeddings().weight is not shared
+    assert all(p.data_ptr() != server.base_model.decoder.block[0].layer[0].SelfAttention.q.weight.data_ptr()
+               for e in server.encoders.values() for p in e.parameters())  # fmt: skip
+
+
+def test_add_replace_remove(artifacts):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "t5"), {"a": found["t5"]["full"]})
+    ids, mask = batch("t5")
+    before = server.generate(input_ids=ids, attention_mask=mask, tasks=["a"] * 5, max_new_tokens=4)
+    with pytest.raises(ValueError, match="already exists"):
+        server.add_task("a", found["t5"]["lora"])
+    server.add_task("a", found["t5"]["lora"], replace=True)
+    assert server.tasks()["a"]["encoder_training"] == "lora"
+    after = server.generate(input_ids=ids, attention_mask=mask, tasks=["a"] * 5, max_new_tokens=4)
+    assert after.tolist() != before.tolist()
+    server.add_task("b", AutoFrozenModel.from_pretrained(found["t5"]["full"]))  # an in-memory model works too
+    server.remove_task("a")
+    assert list(server.tasks()) == ["b"]
+
+
+def test_bad_input_is_named(artifacts):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "t5"), {"a": found["t5"]["full"]})
+    ids, mask = batch("t5")
+    with pytest.raises(ValueError, match=r"Unknown task\(s\) \['nope'\]"):
+        server.generate(input_ids=ids, attention_mask=mask, tasks=["a", "a", "nope", "a", "a"])
+    with pytest.raises(ValueError, match="names 2 task\\(s\\) but the batch holds 5"):
+        server.generate(input_ids=ids, attention_mask=mask, tasks=["a", "a"])
+    with pytest.raises(ValueError, match="Task 'bart-task': the encoder .* trained against another decoder"):
+        server.add_task("bart-task", found["bart"]["full"])
+    other = MultiEncoderModel(tiny_model("t5", seed=5))
+    with pytest.raises(ValueError, match="another decoder"):
+        other.add_task("a", found["t5"]["full"])
+    assert list(server.tasks()) == ["a"], "a failed add leaves the served tasks as they were"
