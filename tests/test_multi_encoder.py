@@ -110,3 +110,44 @@ def test_bad_input_is_named(artifacts):
     with pytest.raises(ValueError, match="another decoder"):
         other.add_task("a", found["t5"]["full"])
     assert list(server.tasks()) == ["a"], "a failed add leaves the served tasks as they were"
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
+    from transformers import Seq2SeqTrainer
+
+    from hf_frozen import mix_tasks
+
+    from .tiny_models import copy_task_dataset
+    from .trainer_utils import training_args
+
+    tiny_model("bart").save_pretrained(tmp_path / "base")
+    base = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "base")
+    model = MultiEncoderModel.for_training(base, ["reverse", "copy"], MODES[mode])
+    decoder_before = {n: t.clone() for n, t in model.base_model.get_decoder().state_dict().items()}
+    reverse = copy_task_dataset(32, seed=0)
+    copy_ = copy_task_dataset(32, seed=1).map(lambda row: {"labels": row["input_ids"]})
+    stream = model.add_task_ids(mix_tasks({"reverse": reverse, "copy": copy_}, seed=0))
+    encoders_before = {t: {n: p.clone() for n, p in e.named_parameters() if p.requires_grad}
+                       for t, e in model.encoders.items()}  # fmt: skip
+    args = training_args(str(tmp_path / "run"), max_steps=4, remove_unused_columns=False)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=stream.remove_columns(["task"]))
+    trainer.train()
+
+    decoder_after = model.base_model.get_decoder().state_dict()
+    assert all(torch.equal(decoder_before[n], decoder_after[n]) for n in decoder_before)
+    for task, before in encoders_before.items():
+        after = dict(model.encoders[task].named_parameters())
+        assert sum(not torch.equal(before[n], after[n]) for n in before) >= len(before) // 2, task
+    model.save_pretrained(tmp_path / "tasks")
+    server = MultiEncoderModel.from_pretrained(str(tmp_path / "base"),
+                                               {t: str(tmp_path / "tasks" / t) for t in ("reverse", "copy")})  # fmt: skip
+    ids, mask = batch("bart")
+    tasks = ["reverse", "copy", "copy", "reverse", "copy"]
+    with torch.no_grad():
+        trained = model.eval().generate(input_ids=ids, attention_mask=mask, tasks=tasks, max_new_tokens=5)
+    assert (
+        server.generate(input_ids=ids, attention_mask=mask, tasks=tasks, max_new_tokens=5).tolist() == trained.tolist()
+    )
+    alone = AutoFrozenModel.from_pretrained(tmp_path / "tasks" / "copy")  # each artifact also loads on its own
+    assert alone.frozen_config.encoder_training == mode

@@ -10,6 +10,7 @@ once over the whole batch.
 from __future__ import annotations
 
 import copy
+import os
 from itertools import chain
 from typing import Any
 
@@ -21,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ..fingerprint import fingerprint_tensors
 from ..hub import resolve_file
-from ..io import load_tensors
+from ..io import load_tensors, save_tensors
 from .config import FrozenDecoderConfig
 from .freezing import check_encoder_decoder
 from .model import WEIGHTS_NAME
@@ -56,7 +57,7 @@ class MultiEncoderModel(nn.Module):
     def from_pretrained(
         cls, base_model: PreTrainedModel | str, tasks: dict[str, Any] | None = None, **base_model_kwargs: Any
     ) -> MultiEncoderModel:
-        """A base model (or its id) plus task encoders, `{name: artifact folder, Hub repo id or FrozenDecoderModel}`."""
+        """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`."""
         if isinstance(base_model, str):
             base_model = AutoModelForSeq2SeqLM.from_pretrained(base_model, **base_model_kwargs)
         model = cls(base_model)
@@ -120,38 +121,55 @@ class MultiEncoderModel(nn.Module):
             }
         return listing
 
-    def _build_encoder(self, name: str, config: FrozenDecoderConfig, tensors: dict, source: str) -> nn.Module:
+    def _copy_encoder(self, config: FrozenDecoderConfig, private: set[str]) -> nn.Module:
+        """A copy of the base encoder in which only the `private` tensors (names inside the encoder) are new.
+
+        `copy.deepcopy` with a memo: every other tensor (frozen weights, LoRA's base weights, a tied embedding)
+        stays the base model's own object, so it is held once however many tasks there are.
+        """
         base_encoder = self.base_model.get_encoder()
-        prefix = self.encoder_prefix
-        outside = sorted(k for k in tensors if not k.startswith(prefix))
-        if outside:
-            raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
-        replaced = {k[len(prefix) :] for k in tensors}
         named = chain(base_encoder.named_parameters(remove_duplicate=False), base_encoder.named_buffers())
-        # deepcopy with a memo: every tensor the artifact does not replace stays the base model's own object.
-        memo = {id(t): t for n, t in named if n not in replaced}
+        memo = {id(t): t for n, t in named if n not in private}
         encoder = copy.deepcopy(base_encoder, memo)
         if config.encoder_training == "lora":
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                               target_modules=config.lora_target_modules)  # fmt: skip
             inject_adapter_in_model(lora, encoder)
-        encoder.requires_grad_(False).eval()
+        encoder._hf_frozen_shared = memo  # remembered to tell private tensors from shared ones
+        return encoder
 
-        own = {n: t for n, t in encoder.named_parameters() if id(t) not in memo}
+    def _private_tensors(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """The encoder's own tensors (not shared with the base model), by name inside the encoder."""
+        shared = encoder._hf_frozen_shared
+        return {n: t for n, t in encoder.named_parameters() if id(t) not in shared}
+
+    def _frozen_encoder_fingerprint(self, encoder: nn.Module, private: set[str]) -> str | None:
+        """As `FrozenDecoderModel` records it: the encoder-side tensors the artifact does not store."""
+        groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+        for n, t in chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers()):
+            groups.setdefault(id(t), (t, []))[1].append(n)
+        frozen = {
+            self.encoder_prefix + sorted(names)[0]: t
+            for t, names in groups.values()
+            if id(t) not in self._decoder_ids and not private.intersection(names)
+        }
+        return fingerprint_tensors(frozen) if frozen else None
+
+    def _build_encoder(self, name: str, config: FrozenDecoderConfig, tensors: dict, source: str) -> nn.Module:
+        prefix = self.encoder_prefix
+        outside = sorted(k for k in tensors if not k.startswith(prefix))
+        if outside:
+            raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
+        replaced = {k[len(prefix) :] for k in tensors}
+        encoder = self._copy_encoder(config, replaced).requires_grad_(False).eval()
+        own = self._private_tensors(encoder)
         missing, unexpected = sorted(set(own) - replaced), sorted(replaced - set(own))
         if missing or unexpected:
             raise ValueError(
                 f"Task {name!r}: the weights in {source} do not fit this base's encoder: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}."
             )
-        frozen: dict[str, torch.Tensor] = {}
-        groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
-        for n, t in chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers()):
-            groups.setdefault(id(t), (t, []))[1].append(n)
-        for t, names in groups.values():
-            if id(t) not in self._decoder_ids and not replaced.intersection(names):
-                frozen[prefix + sorted(names)[0]] = t
-        if (fingerprint_tensors(frozen) if frozen else None) != config.frozen_encoder_fingerprint:
+        if self._frozen_encoder_fingerprint(encoder, replaced) != config.frozen_encoder_fingerprint:
             raise ValueError(
                 f"Task {name!r}: {source} relies on frozen encoder weights (LoRA base weights) that differ in this "
                 f"base model. Serve it with its recorded base {config.base_model_name_or_path!r}."
@@ -165,6 +183,74 @@ class MultiEncoderModel(nn.Module):
                     )
                 t.copy_(tensors[prefix + n])
         return encoder
+
+    # -- joint training of one encoder per task ---------------------------------------------------------------
+
+    @classmethod
+    def for_training(
+        cls, base_model: PreTrainedModel, tasks: list[str], config: FrozenDecoderConfig | None = None
+    ) -> MultiEncoderModel:
+        """One trainable encoder per task, all starting from the base encoder, on one frozen decoder.
+
+        Train it with the ordinary `Trainer` on a `mix_tasks` stream whose rows carry `task_ids`
+        (`model.add_task_ids(stream)`); each batch is routed example by example to its task's encoder.
+        `save_pretrained` then writes one frozen-decoder artifact per task.
+        """
+        config = copy.deepcopy(config or FrozenDecoderConfig())
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
+        # Respect weights that were frozen before (fixed sinusoidal positions), as `FrozenDecoderModel` does.
+        originally_trainable = {n for n, p in base_model.get_encoder().named_parameters() if p.requires_grad}
+        model = cls(base_model)
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"`tasks` must be a non-empty list of distinct names, got {tasks!r}.")
+        base_encoder = base_model.get_encoder()
+        if config.encoder_training == "lora":
+            from .freezing import default_lora_targets
+
+            config.lora_target_modules = config.lora_target_modules or default_lora_targets(base_encoder)
+        embedding = base_encoder.get_input_embeddings()
+        # The same trainable set as `FrozenDecoderModel`: encoder-side weights (never a tensor tied to the
+        # decoder), the input embedding only when asked for, or LoRA weights only.
+        encoder_side = {n[len(model.encoder_prefix) :] for n in split_sides(base_model, model.encoder_prefix).encoder}
+        private: set[str] = set()
+        if config.encoder_training == "full":
+            private = {n for n, p in base_encoder.named_parameters() if n in encoder_side}
+            private -= {n for n, p in base_encoder.named_parameters() if p is embedding.weight}
+        if config.train_encoder_embeddings:
+            private |= {n for n, p in base_encoder.named_parameters(remove_duplicate=False) if p is embedding.weight}
+        for name in tasks:
+            encoder = model._copy_encoder(config, private).train()
+            for n, t in encoder.named_parameters():
+                t.requires_grad_((n in private and n in originally_trainable) or "lora_" in n)
+            model.encoders[name] = encoder
+            model.task_configs[name] = copy.deepcopy(config)
+            model.task_configs[name].decoder_fingerprint = model.decoder_fingerprint
+            trainable = {n for n, t in encoder.named_parameters() if t.requires_grad}
+            model.task_configs[name].frozen_encoder_fingerprint = model._frozen_encoder_fingerprint(encoder, trainable)
+        return model
+
+    def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:
+        """Add the integer column `task_ids` (the Trainer batches tensors, not task names) from `task_column`."""
+        index = {name: i for i, name in enumerate(self.encoders)}
+        unknown = sorted(set(dataset[task_column]) - set(index))
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown} in column {task_column!r}; the model has {list(index)}.")
+        return dataset.map(lambda row: {"task_ids": index[row[task_column]]})
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """Write one frozen-decoder artifact per task, in `save_directory/<task>/`, each loadable on its own."""
+        if not is_main_process:
+            return
+        current = fingerprint_tensors(split_sides(self.base_model, self.encoder_prefix).decoder)
+        if current != self.decoder_fingerprint:
+            raise RuntimeError("The shared decoder changed during training: refusing to save task encoders.")
+        for name, encoder in self.encoders.items():
+            config = self.task_configs[name]
+            tensors = {self.encoder_prefix + n: t for n, t in self._private_tensors(encoder).items()}
+            folder = os.path.join(save_directory, name)
+            save_tensors(tensors, os.path.join(folder, WEIGHTS_NAME), {"adapter_type": config.ADAPTER_TYPE})
+            config.save_pretrained(folder)
 
     def _check_tasks(self, tasks: list[str]) -> None:
         unknown = sorted(set(tasks) - set(self.encoders))
@@ -220,11 +306,23 @@ class MultiEncoderModel(nn.Module):
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, **generate_kwargs
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, tasks=None, **kwargs: Any):
-        """Scores (and the loss, given `labels`) for a mixed-task batch."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        tasks: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Scores (and the loss, given `labels`) for a mixed-task batch; tasks by name or by `task_ids`."""
+        if tasks is None and task_ids is not None:
+            names = list(self.encoders)
+            tasks = [names[i] for i in task_ids.tolist()]
         if tasks is None:
-            raise ValueError("Pass `tasks=[...]`, one task name per example.")
+            raise ValueError("Pass `tasks=[...]` (one task name per example) or `task_ids`.")
         hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)
         return self.base_model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, **kwargs
-        )
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, labels=labels,
+            **kwargs,
+        )  # fmt: skip
