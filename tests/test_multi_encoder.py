@@ -140,8 +140,8 @@ def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
         after = dict(model.encoders[task].named_parameters())
         assert sum(not torch.equal(before[n], after[n]) for n in before) >= len(before) // 2, task
     model.save_pretrained(tmp_path / "tasks")
-    server = MultiEncoderModel.from_pretrained(str(tmp_path / "base"),
-                                               {t: str(tmp_path / "tasks" / t) for t in ("reverse", "copy")})  # fmt: skip
+    artifacts = {t: str(tmp_path / "tasks" / t) for t in ("reverse", "copy")}
+    server = MultiEncoderModel.from_pretrained(str(tmp_path / "base"), artifacts)
     ids, mask = batch("bart")
     tasks = ["reverse", "copy", "copy", "reverse", "copy"]
     with torch.no_grad():
