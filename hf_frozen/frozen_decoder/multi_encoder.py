@@ -25,7 +25,7 @@ from ..hub import resolve_file
 from ..io import load_tensors, save_tensors
 from .config import FrozenDecoderConfig
 from .freezing import check_encoder_decoder
-from .model import WEIGHTS_NAME
+from .model import WEIGHTS_NAME, copy_artifact_tensors
 from .sides import module_prefix, split_sides
 
 
@@ -162,26 +162,13 @@ class MultiEncoderModel(nn.Module):
             raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
         replaced = {k[len(prefix) :] for k in tensors}
         encoder = self._copy_encoder(config, replaced).requires_grad_(False).eval()
-        own = self._private_tensors(encoder)
-        missing, unexpected = sorted(set(own) - replaced), sorted(replaced - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"Task {name!r}: the weights in {source} do not fit this base's encoder: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}."
-            )
+        own = {prefix + n: t for n, t in self._private_tensors(encoder).items()}
+        copy_artifact_tensors(own, tensors, f"{source} (task {name!r})")  # key set and shapes checked first
         if self._frozen_encoder_fingerprint(encoder, replaced) != config.frozen_encoder_fingerprint:
             raise ValueError(
                 f"Task {name!r}: {source} relies on frozen encoder weights (LoRA base weights) that differ in this "
                 f"base model. Serve it with its recorded base {config.base_model_name_or_path!r}."
             )
-        with torch.no_grad():
-            for n, t in own.items():
-                if tensors[prefix + n].shape != t.shape:
-                    raise ValueError(
-                        f"Task {name!r}: tensor {prefix + n!r} has shape {tuple(tensors[prefix + n].shape)}, the "
-                        f"encoder expects {tuple(t.shape)}."
-                    )
-                t.copy_(tensors[prefix + n])
         return encoder
 
     # -- joint training of one encoder per task ---------------------------------------------------------------
