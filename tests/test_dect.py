@@ -378,8 +378,10 @@ def test_command_fits_evaluates_and_saves(tmp_path):
     tiny_dect.tokenizer().save_pretrained(tmp_path / "mlm")
     sentiment(40, seed=0).to_csv(tmp_path / "train.csv")
     sentiment(12, seed=1).to_csv(tmp_path / "test.csv")
-    command = shutil.which("hf-frozen")
-    assert command, "pip install puts the `hf-frozen` command on PATH"
+    # pip puts the command next to the interpreter (the venv's bin/, which need not be on PATH).
+    command = os.path.join(os.path.dirname(sys.executable), "hf-frozen")
+    assert os.path.isfile(command) or shutil.which("hf-frozen"), "pip install creates the `hf-frozen` command"
+    command = command if os.path.isfile(command) else shutil.which("hf-frozen")
     done = subprocess.run(
         [command, "dect", "--model_name_or_path", str(tmp_path / "mlm"), "--train_file", str(tmp_path / "train.csv"),
          "--test_file", str(tmp_path / "test.csv"), "--shots", "8", "--template", TEMPLATE,

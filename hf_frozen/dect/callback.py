@@ -89,6 +89,7 @@ class DecTCallback(TrainerCallback):
                 )  # fmt: skip
         config.selected_zero_shot_weight = weight
         head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
+        head.fit_statistics(hidden)
         head.init_radius(hidden, labels)
 
     def on_train_end(
