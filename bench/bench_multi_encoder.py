@@ -72,8 +72,13 @@ def memory_child(kind: str, count: int, folder: str) -> dict:
         for p in paths:
             torch.manual_seed(0)
             held.append(AutoFrozenModel.from_pretrained(p, base_model=T5ForConditionalGeneration(T5Config(**SMALL))))
-    return {"kind": kind, "tasks": count, "tensor_bytes": distinct_bytes(held),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_at_start": base_rss}
+    return {
+        "kind": kind,
+        "tasks": count,
+        "tensor_bytes": distinct_bytes(held),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_at_start": base_rss,
+    }
 
 
 def bench_memory(folder: str) -> list[dict]:
@@ -196,7 +201,8 @@ def markdown(results: dict) -> str:
         f = results["forgetting"]
         lines += [f"Pretrained on A for {f['pretraining_steps_on_A']} steps, then 1,500 steps on B:", "",
                   "| model | task A exact match | task B exact match |", "|---|---|---|",
-                  f"| after pretraining on A | {f['after_pretraining']['A']:.1%} | {f['after_pretraining']['B']:.1%} |"]  # fmt: skip
+                  f"| after pretraining on A | {f['after_pretraining']['A']:.1%} | "
+                  f"{f['after_pretraining']['B']:.1%} |"]  # fmt: skip
         for name in ("trainable decoder", "frozen decoder"):
             lines.append(f"| fine-tuned on B, {name} | {f[name]['A']:.1%} | {f[name]['B']:.1%} |")
     return "\n".join(lines)

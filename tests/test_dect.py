@@ -400,3 +400,13 @@ def test_command_fits_evaluates_and_saves(tmp_path):
                           "--train_file", str(tmp_path / "train.csv"), "--template", "{text}",
                           "--label_words", "bad", "good"], capture_output=True, text=True, check=False)  # fmt: skip
     assert bad.returncode != 0 and "must contain the {answer} slot" in bad.stderr
+
+
+def test_standardisation_is_fitted_and_can_be_switched_off():
+    on, off = make("callable"), make("callable", standardize_hidden=False)
+    on.fit(sentiment(16))
+    off.fit(sentiment(16))
+    hidden, _, _ = on.features(sentiment(16))
+    torch.testing.assert_close(on.head.feature_mean, hidden.mean(0))
+    assert torch.equal(off.head.feature_mean, torch.zeros_like(off.head.feature_mean))
+    assert torch.equal(off.head.feature_scale, torch.ones_like(off.head.feature_scale))

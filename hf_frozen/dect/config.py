@@ -42,6 +42,9 @@ class DecTConfig(FrozenAdapterConfig):
             1/shots was tuned for RoBERTa's raw logits and can make DecT worse than the prompt alone.
         zero_shot_weight_candidates (`list[float]`): the weights cross-validation chooses among.
         calibrate (`bool`, defaults to `True`): subtract the label-word log-probabilities of an empty input.
+        standardize_hidden (`bool`, defaults to `True`): standardise `h` per dimension with the training cache's
+            statistics before the projection (helps decoder LMs with massive activation dimensions; measured to
+            hurt the already well-scaled MiniLM sentence embeddings, see docs/dect.md).
         hidden_pooling (`str`, defaults to `"answer"`): the hidden state at the answer position, or `"mean"`
             over the prompt's tokens (for encoders trained for mean pooling, such as sentence transformers).
         batch_size (`int`, defaults to `16`): backbone queries per forward pass.
@@ -90,6 +93,10 @@ class DecTConfig(FrozenAdapterConfig):
     )
     calibrate: bool = dataclasses.field(
         default=True, metadata={"help": "Calibrate zero-shot scores against an empty input."}
+    )
+    standardize_hidden: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "Standardise hidden states per dimension with the training cache's statistics."},
     )
     hidden_pooling: str = dataclasses.field(
         default="answer", metadata={"help": "'answer': hidden state at the answer slot; 'mean': mean over tokens."}

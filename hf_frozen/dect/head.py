@@ -39,10 +39,14 @@ class DecTHead(nn.Module):
         num_classes (`int`): number of classes.
         projection_dim (`int`): size of the prototype space (128 in the paper).
         seed (`int`): seed of the projection and prototype initialisation.
+        standardize (`bool`): standardise `h` per dimension with the training cache's statistics.
     """
 
-    def __init__(self, hidden_size: int, num_classes: int, projection_dim: int = 128, seed: int = 0) -> None:
+    def __init__(
+        self, hidden_size: int, num_classes: int, projection_dim: int = 128, seed: int = 0, standardize: bool = True
+    ) -> None:
         super().__init__()
+        self.standardize = standardize
         generator = torch.Generator().manual_seed(seed)
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False)
         bound = 1.0 / hidden_size**0.5  # nn.Linear's default init, drawn from our generator for reproducibility
@@ -69,6 +73,8 @@ class DecTHead(nn.Module):
         Measured on SmolLM2 / Rotten Tomatoes (5 seeds), the head alone went from 61% to 72% at 16 shots and
         from 65% to 78% at 64.
         """
+        if not self.standardize:
+            return
         hidden_states = hidden_states.float()
         variance = hidden_states.var(0, unbiased=False)
         self.feature_mean.copy_(hidden_states.mean(0))

@@ -100,7 +100,7 @@ class DecTModel(HubMixin):
             "response_prefix": c.response_prefix,
             "hidden_pooling": c.hidden_pooling,
             "max_length": c.max_length,
-        }
+        }  # (head settings such as `standardize_hidden` do not change a query's answer)
 
     def extract(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> tuple:
         """Hidden states (N, d) and raw label-word scores (N, C) or None, querying only uncached examples.
@@ -170,7 +170,8 @@ class DecTModel(HubMixin):
                 self.config.hidden_size
                 or self.extract([""], [""] if self.config.text_pair_column else None)[0].shape[1]
             )
-        return DecTHead(hidden_size, self.config.num_classes, self.config.projection_dim, self.config.seed)
+        c = self.config
+        return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.seed, standardize=c.standardize_hidden)
 
     def fit(self, dataset: Any) -> DecTModel:
         """Query the backbone for uncached examples, then train the head on the cache.
