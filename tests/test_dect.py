@@ -325,10 +325,6 @@ def test_api_returning_wrong_shapes_is_named():
         bad.extract(["a", "b", "c"])
 
 
-def test_unused_environment_variable_guard():
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
 # -- inside a user's Trainer ----------------------------------------------------------------------------------
 
 
