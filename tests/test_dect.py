@@ -187,8 +187,9 @@ def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
     dect = make("callable")
     dect.fit(sentiment(64, seed=0))
     selected = dect.config.selected_zero_shot_weight
+    cv = dect.cv_results["calibrated" if dect.config.selected_calibrate else "uncalibrated"]
     assert selected in (0.0, 0.1, 0.3), dect.cv_results
-    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[str(selected)]["loss"]
+    assert cv["prompt_only"]["loss"] > cv[str(selected)]["loss"]
     assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
     assert dect.fit_seconds["training"] < 5
 
@@ -206,8 +207,30 @@ def test_weight_selection_keeps_the_prompt_when_it_is_better():
     dect.show_progress = False
     dect.fit(sentiment(32))
     assert dect.config.selected_zero_shot_weight in (PROMPT_ONLY, 10.0), dect.cv_results  # the prompt dominates
-    assert dect.cv_results["prompt_only"]["accuracy"] == 1.0
+    assert list(dect.cv_results) == ["uncalibrated"] and dect.config.selected_calibrate is False
+    assert dect.cv_results["uncalibrated"]["prompt_only"]["accuracy"] == 1.0
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+
+
+def test_calibration_is_chosen_by_cross_validation():
+    class BiasedEmptyInput(ClusterAPI):
+        """Informative label-word scores, but the empty input leans hard to one class: calibrating hurts."""
+
+        def __call__(self, prompts, label_words):
+            hidden, _ = super().__call__(prompts, label_words)
+            positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+            scores = np.stack([~positive, positive], 1).astype(float) * 2.0
+            empty = np.array([p.split() == ["review", ":", ".", "sentiment", ":"] for p in prompts])
+            scores[empty] = [0.0, 8.0]
+            return self.rng.normal(size=hidden.shape), scores
+
+    dect = get_frozen_model(BiasedEmptyInput(), DecTConfig(template=TEMPLATE, label_words=WORDS), backbone_name="b")
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    assert sorted(dect.cv_results) == ["calibrated", "uncalibrated"]
+    assert dect.config.selected_calibrate is False
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+    assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot")["accuracy"] == 0.5, "calibrated: one class"
 
 
 def test_fixed_weight_and_one_shot():

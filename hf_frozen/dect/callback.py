@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .head import PROMPT_ONLY, DecTHead, select_zero_shot_weight
+from .head import PROMPT_ONLY, DecTHead
 from .model import DecTModel
 
 logger = logging.getLogger(__name__)
@@ -73,20 +73,17 @@ class DecTCallback(TrainerCallback):
             return
         self.queries_at_start = self.dect.num_queries
         # One batched, length-sorted pass over the training set; the collator then only reads the cache.
-        hidden, scores, labels = self.dect.features(self.dect._require_labels(loader.dataset))
+        texts, pairs, labels = self.dect._read(self.dect._require_labels(loader.dataset), need_labels=True)
+        hidden, raw = self.dect.extract(texts, pairs)
         if hidden.shape[1] != head.projection.in_features:
             raise ValueError(
                 f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
             )
         config = self.dect.config
         weight: float | str = 0.0
-        if scores is not None:
-            weight = config.zero_shot_weight
-            if weight is None:
-                weight, self.dect.cv_results = select_zero_shot_weight(
-                    hidden, scores, labels, config.zero_shot_weight_candidates,
-                    lambda: self.dect.new_head(hidden.shape[1]), config.steps, config.learning_rate, config.seed,
-                )  # fmt: skip
+        config.selected_calibrate = None
+        if raw is not None:
+            weight, config.selected_calibrate = self.dect.choose_prompt_scoring(hidden, raw, labels)
         config.selected_zero_shot_weight = weight
         head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
         head.fit_statistics(hidden)

@@ -41,7 +41,9 @@ class DecTConfig(FrozenAdapterConfig):
             `zero_shot_weight_candidates`, head alone (0) and prompt alone included. The reference code's
             1/shots was tuned for RoBERTa's raw logits and can make DecT worse than the prompt alone.
         zero_shot_weight_candidates (`list[float]`): the weights cross-validation chooses among.
-        calibrate (`bool`, defaults to `True`): subtract the label-word log-probabilities of an empty input.
+        calibrate (`bool`, *optional*): subtract the label-word log-probabilities of an empty input (`True`), or
+            not (`False`). Unset (the default) lets cross-validation on the training cache choose, together with
+            the zero-shot weight; with a fixed `zero_shot_weight`, unset means `True`.
         standardize_hidden (`bool`, defaults to `True`): standardise `h` per dimension with the training cache's
             statistics before the projection (helps decoder LMs with massive activation dimensions; measured to
             hurt the already well-scaled MiniLM sentence embeddings, see docs/dect.md).
@@ -91,8 +93,9 @@ class DecTConfig(FrozenAdapterConfig):
         default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0, 10.0],
         metadata={"help": "Weights that cross-validation chooses among (prompt alone is always a choice too)."},
     )
-    calibrate: bool = dataclasses.field(
-        default=True, metadata={"help": "Calibrate zero-shot scores against an empty input."}
+    calibrate: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Calibrate zero-shot scores against an empty input; unset: chosen by cross-validation."},
     )
     standardize_hidden: bool = dataclasses.field(
         default=True,
@@ -119,6 +122,9 @@ class DecTConfig(FrozenAdapterConfig):
     hidden_size: int | None = dataclasses.field(default=None, init=False, metadata={"help": "Size of h."})
     selected_zero_shot_weight: float | str | None = dataclasses.field(
         default=None, init=False, metadata={"help": "The weight in use: a number, or 'prompt_only'."}
+    )
+    selected_calibrate: bool | None = dataclasses.field(
+        default=None, init=False, metadata={"help": "Whether the zero-shot scores in use are calibrated."}
     )
 
     def __post_init__(self) -> None:
@@ -149,6 +155,8 @@ class DecTConfig(FrozenAdapterConfig):
                 f"`zero_shot_weight_candidates` must be a non-empty list of numbers >= 0, got "
                 f"{self.zero_shot_weight_candidates!r}."
             )
+        if self.calibrate not in (True, False, None):
+            raise ValueError(f"`calibrate` must be True, False or unset, got {self.calibrate!r}.")
         if self.hidden_pooling not in ("answer", "mean"):
             raise ValueError(f"`hidden_pooling` must be 'answer' or 'mean', got {self.hidden_pooling!r}.")
 

@@ -55,7 +55,8 @@ class DecTModel(HubMixin):
         self.num_queries = 0  # backbone queries made by this object: one per uncached example
         self.head: DecTHead | None = None
         self.calibration: torch.Tensor | None = None  # label-word scores of the empty input, (C,)
-        self.cv_results: dict[str, dict[str, float]] = {}  # zero-shot weight choice -> held-out loss, accuracy
+        # "calibrated" / "uncalibrated" -> zero-shot weight choice -> held-out loss and accuracy
+        self.cv_results: dict[str, dict[str, dict[str, float]]] = {}
         self.fit_seconds: dict[str, float] = {}
         self.show_progress = True
 
@@ -147,15 +148,47 @@ class DecTModel(HubMixin):
         it removes the prompt's prior preference for some label words, whatever the logits' sign and scale.
         """
         scores = raw_scores.float().log_softmax(-1)
-        if self.config.calibrate if calibrate is None else calibrate:
+        if self.calibration_in_use() if calibrate is None else calibrate:
             if self.calibration is None:
                 _, raw_empty = self.extract([""], [""] if self.config.text_pair_column else None)
                 self.calibration = raw_empty[0].float().log_softmax(-1)
             scores = scores - self.calibration
         return scores
 
+    def calibration_in_use(self) -> bool:
+        """Whether zero-shot scores are calibrated: as chosen by `fit`, else as configured (unset: yes)."""
+        c = self.config
+        return c.selected_calibrate if c.selected_calibrate is not None else c.calibrate is not False
+
+    def choose_prompt_scoring(
+        self, hidden: torch.Tensor, raw_scores: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[float | str, bool]:
+        """Pick the zero-shot weight and whether to calibrate, by cross-validation on the training cache.
+
+        With `calibrate` unset, both calibrated and uncalibrated scores are tried, each with its own
+        cross-validated weight; the one whose choice has the lower held-out loss wins (calibrated on ties).
+        Calibration against an empty input is a heuristic: measured here, it costs SmolLM2 14 points of
+        zero-shot accuracy on SMS spam and 1.4 on Rotten Tomatoes.
+        """
+        c = self.config
+        if c.zero_shot_weight is not None:
+            return float(c.zero_shot_weight), c.calibrate is not False
+        best: tuple[float, float | str, bool] | None = None
+        self.cv_results = {}
+        for calibrate in [True, False] if c.calibrate is None else [c.calibrate]:
+            scores = self.zero_shot_scores(raw_scores, calibrate=calibrate)
+            weight, summary = select_zero_shot_weight(
+                hidden, scores, labels, c.zero_shot_weight_candidates,
+                lambda: self.new_head(hidden.shape[1]), c.steps, c.learning_rate, c.seed,
+            )  # fmt: skip
+            self.cv_results["calibrated" if calibrate else "uncalibrated"] = summary
+            loss = summary[str(weight)]["loss"] if summary else float("inf")
+            if best is None or loss < best[0]:
+                best = (loss, weight, calibrate)
+        return best[1], best[2]
+
     def features(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(hidden, calibrated zero-shot scores or None, labels or None) of a dataset, from the cache."""
+        """(hidden, zero-shot scores as in use or None, labels or None) of a dataset, from the cache."""
         texts, pairs, labels = self._read(dataset, need_labels=False)
         hidden, raw = self.extract(texts, pairs)
         return hidden, None if raw is None else self.zero_shot_scores(raw), labels
@@ -182,19 +215,17 @@ class DecTModel(HubMixin):
         """
         start = time.perf_counter()
         queries_before = self.num_queries
-        hidden, scores, labels = self.features(self._require_labels(dataset))
+        texts, pairs, labels = self._read(self._require_labels(dataset), need_labels=True)
+        hidden, raw = self.extract(texts, pairs)
         extracted = time.perf_counter()
         config = self.config
         config.hidden_size = hidden.shape[1]
-        if scores is None:
+        if raw is None:
             weight: float | str = 0.0  # no label-word scores (a plain encoder): the head alone
-        elif config.zero_shot_weight is not None:
-            weight = float(config.zero_shot_weight)
+            config.selected_calibrate = None
         else:
-            weight, self.cv_results = select_zero_shot_weight(
-                hidden, scores, labels, config.zero_shot_weight_candidates,
-                lambda: self.new_head(hidden.shape[1]), config.steps, config.learning_rate, config.seed,
-            )  # fmt: skip
+            weight, config.selected_calibrate = self.choose_prompt_scoring(hidden, raw, labels)
+        scores = None if raw is None else self.zero_shot_scores(raw)
         config.selected_zero_shot_weight = weight
         self.head = self.new_head(hidden.shape[1])
         self.head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else weight)
@@ -202,8 +233,10 @@ class DecTModel(HubMixin):
         done = time.perf_counter()
         self.fit_seconds = {"extraction": extracted - start, "training": done - extracted, "total": done - start}
         logger.info(
-            "DecT fit on %d examples: %d backbone queries, zero-shot weight %s, %.1fs extraction, %.2fs training",
-            len(labels), self.num_queries - queries_before, weight, extracted - start, done - extracted,
+            "DecT fit on %d examples: %d backbone queries, zero-shot weight %s (calibrated: %s), %.1fs extraction, "
+            "%.2fs training",
+            len(labels), self.num_queries - queries_before, weight, config.selected_calibrate,
+            extracted - start, done - extracted,
         )  # fmt: skip
         return self
 
