@@ -101,7 +101,8 @@ class FrozenDecoderModel(HubMixin, nn.Module):
         return split_sides(self.base_model, self.encoder_prefix)
 
     def _frozen_encoder_fingerprint(self, sides: TensorSides) -> str | None:
-        frozen = {name: t for name, t in sides.encoder.items() if name not in set(self.artifact_keys)}
+        stored = set(self.artifact_keys)
+        frozen = {name: t for name, t in sides.encoder.items() if name not in stored}
         return fingerprint_tensors(frozen) if frozen else None
 
     # -- inspection -------------------------------------------------------------------------------------------
