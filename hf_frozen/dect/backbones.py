@@ -254,8 +254,6 @@ class HFBackbone:
                 return with_special[:start]
         return []
 
-    def token_length(self, text: str, text_pair: str | None) -> int:
-        return len(self.encode(self.render(text, text_pair)))
 
 
 class CallableBackbone:
@@ -281,9 +279,6 @@ class CallableBackbone:
 
     def render(self, text: str, text_pair: str | None) -> str:
         return self.prompt.render(text, text_pair, self.answer_placeholder)
-
-    def token_length(self, text: str, text_pair: str | None) -> int:
-        return len(self.render(text, text_pair))
 
     def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
         prompts = [self.render(text, pair) for text, pair in inputs]
