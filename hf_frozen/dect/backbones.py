@@ -255,7 +255,6 @@ class HFBackbone:
         return []
 
 
-
 class CallableBackbone:
     """A model behind an API: `fn(prompts, label_words) -> (hidden_states, label_word_scores or None)`.
 

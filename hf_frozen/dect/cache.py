@@ -89,11 +89,12 @@ class QueryCache:
         os.remove(path)
         return None
 
-    def put(self, key: str, hidden: np.ndarray, scores: np.ndarray | None) -> None:
+    def put(self, key: str, hidden: np.ndarray, scores: np.ndarray | None, persist: bool = True) -> None:
+        """Store an entry in memory and, with a folder and `persist`, on disk."""
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         scores = None if scores is None else np.ascontiguousarray(scores, dtype=np.float32)
         self.memory[key] = (hidden, scores)
-        if self.folder is None:
+        if self.folder is None or not persist:
             return
         tensors = {"hidden": torch.from_numpy(hidden)}
         if scores is not None:

@@ -72,9 +72,10 @@ class DecTCallback(TrainerCallback):
         if loader is None:
             return
         self.queries_at_start = self.dect.num_queries
-        # One batched, length-sorted pass over the training set; the collator then only reads the cache.
+        # One batched, length-sorted pass over the training set, shared among the processes of a distributed run;
+        # the collator then only reads the cache.
         texts, pairs, labels = self.dect._read(self.dect._require_labels(loader.dataset), need_labels=True)
-        hidden, raw = self.dect.extract(texts, pairs)
+        hidden, raw = self.dect.extract_for_training(texts, pairs, split_across_processes=args.world_size > 1)
         if hidden.shape[1] != head.projection.in_features:
             raise ValueError(
                 f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."

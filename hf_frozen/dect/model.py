@@ -20,6 +20,7 @@ from ..io import load_tensors, save_tensors
 from .backbones import Backbone, CallableBackbone, HFBackbone, detect_kind
 from .cache import QueryCache, entry_key
 from .config import DecTConfig
+from .distributed import my_share, rank_and_world_size, union_across_processes
 from .head import PROMPT_ONLY, DecTHead, select_zero_shot_weight, train_head
 
 logger = logging.getLogger(__name__)
@@ -103,44 +104,76 @@ class DecTModel(HubMixin):
             "max_length": c.max_length,
         }  # (head settings such as `standardize_hidden` do not change a query's answer)
 
-    def extract(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> tuple:
+    def extract(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str | None] | None = None,
+        split_across_processes: bool = False,
+    ) -> tuple:
         """Hidden states (N, d) and raw label-word scores (N, C) or None, querying only uncached examples.
 
         Uncached examples are queried in batches of `batch_size`, sorted by input length so that padding is
         small, and each answer is cached before the next batch runs.
+
+        Args:
+            split_across_processes (`bool`, defaults to `False`): in a distributed run (torchrun, accelerate,
+                DeepSpeed), share the uncached examples among the processes and gather every answer to every
+                process, so that each example is queried once overall. Every process must then call this together.
         """
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
         settings, fingerprint = self._settings(), self.backbone.fingerprint
         keys = [entry_key(fingerprint, settings, t, p) for t, p in zip(texts, pairs, strict=True)]
         entries: dict[str, Any] = {}
-        todo = []
-        for i, key in enumerate(keys):
-            if key in entries:
+        missing: dict[str, tuple[str, str | None]] = {}
+        for key, text, pair in zip(keys, texts, pairs, strict=True):
+            if key in entries or key in missing:
                 continue
             found = self.cache.get(key)
             if found is None:
-                entries[key] = None
-                todo.append(i)
+                missing[key] = (text, pair)
             else:
                 entries[key] = found
-        if todo:
-            # Input length in characters orders prompts well enough to keep padding small, without
-            # tokenizing every prompt an extra time just to sort.
-            todo.sort(key=lambda i: len(texts[i]) + len(pairs[i] or ""))
-            size = self.config.batch_size
-            batches = [todo[s : s + size] for s in range(0, len(todo), size)]
-            bar = tqdm(batches, desc="DecT: querying the backbone", unit="batch", disable=not self.show_progress)
-            for batch in bar:
-                hidden, scores = self.backbone.query([(texts[i], pairs[i]) for i in batch])
-                self.num_queries += len(batch)
-                for row, i in enumerate(batch):
-                    entry = (hidden[row], None if scores is None else scores[row])
-                    self.cache.put(keys[i], *entry)
-                    entries[keys[i]] = entry
+        rank, world_size = rank_and_world_size()
+        if split_across_processes and world_size > 1:
+            # Decided together, so that each example is queried once, by one process, and all get the answers.
+            missing = union_across_processes(missing)
+            order = sorted(missing, key=lambda k: (len(missing[k][0]) + len(missing[k][1] or ""), k))
+            answers = self._answer({k: missing[k] for k in my_share(order, rank, world_size)})
+            for key, entry in union_across_processes(answers).items():
+                if key not in answers:
+                    self.cache.put(key, *entry, persist=False)  # the process that queried it stored it
+                entries[key] = entry
+        elif missing:
+            entries.update(self._answer(missing))
         hidden = torch.from_numpy(np.stack([entries[k][0] for k in keys]))
         has_scores = entries[keys[0]][1] is not None
         scores = torch.from_numpy(np.stack([entries[k][1] for k in keys])) if has_scores else None
         return hidden, scores
+
+    def _answer(self, inputs: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+        """Cache entries for `inputs` (key -> (text, pair)), querying the backbone for those not cached."""
+        answers = {}
+        todo = []
+        for key in inputs:
+            found = self.cache.get(key)
+            if found is None:
+                todo.append(key)
+            else:
+                answers[key] = found
+        # Input length in characters orders prompts well enough to keep padding small, without tokenizing every
+        # prompt an extra time just to sort.
+        todo.sort(key=lambda k: len(inputs[k][0]) + len(inputs[k][1] or ""))
+        size = self.config.batch_size
+        batches = [todo[s : s + size] for s in range(0, len(todo), size)]
+        bar = tqdm(batches, desc="DecT: querying the backbone", unit="batch", disable=not self.show_progress)
+        for batch in bar:
+            hidden, scores = self.backbone.query([inputs[k] for k in batch])
+            self.num_queries += len(batch)
+            for row, key in enumerate(batch):
+                entry = (hidden[row], None if scores is None else scores[row])
+                self.cache.put(key, *entry)
+                answers[key] = entry
+        return answers
 
     def zero_shot_scores(self, raw_scores: torch.Tensor, calibrate: bool | None = None) -> torch.Tensor:
         """Label-word log-probabilities (over the classes), minus those of the empty input when calibrating.
@@ -152,10 +185,22 @@ class DecTModel(HubMixin):
         scores = raw_scores.float().log_softmax(-1)
         if self.calibration_in_use() if calibrate is None else calibrate:
             if self.calibration is None:
-                _, raw_empty = self.extract([""], [""] if self.config.text_pair_column else None)
+                _, raw_empty = self.extract(*self.calibration_input())
                 self.calibration = raw_empty[0].float().log_softmax(-1)
             scores = scores - self.calibration
         return scores
+
+    def calibration_input(self) -> tuple[list[str], list[str] | None]:
+        """(texts, text pairs) of the content-free input whose label-word scores calibrate the prompt."""
+        return [""], [""] if self.config.text_pair_column else None
+
+    def extract_for_training(
+        self, texts: Sequence[str], pairs: Sequence[str | None] | None, split_across_processes: bool
+    ) -> tuple:
+        """`extract` for the training set, also caching the calibration input (a shared query when split)."""
+        if split_across_processes:
+            self.extract(*self.calibration_input(), split_across_processes=True)
+        return self.extract(texts, pairs, split_across_processes=split_across_processes)
 
     def calibration_in_use(self) -> bool:
         """Whether zero-shot scores are calibrated: as chosen by `fit`, else as configured (unset: yes)."""
@@ -201,24 +246,23 @@ class DecTModel(HubMixin):
         """A fresh, untrained head sized for this backbone (to train in a `Trainer`, see `DecTCallback`)."""
         if hidden_size is None:
             # The empty input is the calibration query anyway: its answer tells the hidden size.
-            hidden_size = (
-                self.config.hidden_size
-                or self.extract([""], [""] if self.config.text_pair_column else None)[0].shape[1]
-            )
+            hidden_size = self.config.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
         c = self.config
         return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.seed, standardize=c.standardize_hidden)
 
-    def fit(self, dataset: Any) -> DecTModel:
+    def fit(self, dataset: Any, split_across_processes: bool = False) -> DecTModel:
         """Query the backbone for uncached examples, then train the head on the cache.
 
         Args:
             dataset: a `datasets.Dataset`, a dict of columns or a list of row dicts, with `text_column`,
                 `label_column` (class indices or names from `labels`) and, for pairs, `text_pair_column`.
+            split_across_processes (`bool`, defaults to `False`): in a distributed run, share the queries among
+                the processes (see `extract`); every process must call `fit` then, and all end with the same head.
         """
         start = time.perf_counter()
         queries_before = self.num_queries
         texts, pairs, labels = self._read(self._require_labels(dataset), need_labels=True)
-        hidden, raw = self.extract(texts, pairs)
+        hidden, raw = self.extract_for_training(texts, pairs, split_across_processes)
         extracted = time.perf_counter()
         config = self.config
         config.hidden_size = hidden.shape[1]

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .deepspeed_config import check_deepspeed_config, deepspeed_config_of
 from .model import FrozenDecoderModel
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,22 @@ def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderModel:
     return current
 
 
+def optimized_tensors(optimizer: Any) -> list:
+    """The model tensors an optimizer updates, looking through accelerate's and DeepSpeed's wrappers.
+
+    A DeepSpeed ZeRO optimizer's own `param_groups` hold flat fp32 partitions, not the model's parameters; the
+    parameters they stand for are in `bit16_groups` (ZeRO-1/2) or `fp16_groups` (ZeRO-3).
+    """
+    current = optimizer
+    while current is not None:
+        for attribute in ("bit16_groups", "fp16_groups"):
+            groups = getattr(current, attribute, None)
+            if groups is not None:
+                return [p for group in groups for p in group]
+        current = getattr(current, "optimizer", None)
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 class FrozenDecoderCallback(TrainerCallback):
     """Checks the freeze when training starts and ends, and writes the encoder-only artifact with each checkpoint.
 
@@ -46,6 +63,14 @@ class FrozenDecoderCallback(TrainerCallback):
     def __init__(self, save_artifact_with_checkpoints: bool = True) -> None:
         self.save_artifact_with_checkpoints = save_artifact_with_checkpoints
 
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Before DeepSpeed starts: its engine would otherwise already have rewritten the decoder in place.
+        ds_config = deepspeed_config_of(args)
+        if ds_config is not None:
+            check_deepspeed_config(ds_config, unwrap_frozen_model(kwargs.get("model")))
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -54,7 +79,7 @@ class FrozenDecoderCallback(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if optimizer is not None:
             trainable = {id(p) for p in model.parameters() if p.requires_grad}
-            stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in trainable)
+            stray = sum(1 for p in optimized_tensors(optimizer) if id(p) not in trainable)
             if stray:
                 raise RuntimeError(
                     f"The optimizer holds {stray} frozen tensor(s) (decoder side or frozen encoder weights). Build "
@@ -71,10 +96,12 @@ class FrozenDecoderCallback(TrainerCallback):
             )
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if not (self.save_artifact_with_checkpoints and state.is_world_process_zero):
+        if not self.save_artifact_with_checkpoints:
             return
+        # Every process calls this (under ZeRO-3 the weights are gathered from all of them); only the main one writes.
         model = unwrap_frozen_model(kwargs.get("model"))
-        model.save_pretrained(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        model.save_pretrained(folder, is_main_process=state.is_world_process_zero)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

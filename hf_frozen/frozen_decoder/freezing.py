@@ -8,6 +8,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..zero3 import gathered
 from .config import FrozenDecoderConfig
 from .sides import split_sides
 
@@ -82,7 +83,7 @@ def give_encoder_own_embeddings(model: PreTrainedModel, encoder_prefix: str) -> 
     sides = split_sides(model, encoder_prefix)
     if not any(t is embedding.weight for t in sides.decoder.values()):
         return  # Already private to the encoder (e.g. Marian with separate vocabularies).
-    encoder.set_input_embeddings(copy.deepcopy(embedding))
+    encoder.set_input_embeddings(private_copy(embedding))
     for prefix, module in model.named_modules():
         if not isinstance(module, PreTrainedModel):
             continue
@@ -96,6 +97,24 @@ def give_encoder_own_embeddings(model: PreTrainedModel, encoder_prefix: str) -> 
             module._tied_weights_keys = {t: s for t, s in module._tied_weights_keys.items() if keep(t, s)}
         if getattr(module, "all_tied_weights_keys", None):
             module.all_tied_weights_keys = {t: s for t, s in module.all_tied_weights_keys.items() if keep(t, s)}
+
+
+def private_copy(embedding: nn.Module) -> nn.Module:
+    """A deep copy of an embedding module with its own full weight, also when ZeRO-3 holds the weight partitioned.
+
+    The weight is left out of the deep copy (a partitioned parameter carries DeepSpeed bookkeeping that must not
+    be duplicated) and set afterwards from its gathered values; DeepSpeed partitions the new one when it starts.
+    """
+    shared = embedding.weight
+    with gathered([shared]):
+        full = shared.detach().clone()
+    embedding._parameters["weight"] = None
+    try:
+        private = copy.deepcopy(embedding)
+    finally:
+        embedding._parameters["weight"] = shared
+    private.weight = nn.Parameter(full, requires_grad=shared.requires_grad)
+    return private
 
 
 def default_lora_targets(encoder: nn.Module) -> list[str]:

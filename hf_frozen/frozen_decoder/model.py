@@ -18,6 +18,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from ..fingerprint import fingerprint_tensors
 from ..hub import HubMixin, resolve_file
 from ..io import load_tensors, save_tensors
+from ..zero3 import any_partitioned, full_copies, full_numel, gathered
 from .config import FrozenDecoderConfig
 from .freezing import check_encoder_decoder, freeze_all_but_encoder
 from .sides import TensorSides, module_prefix, split_sides
@@ -110,7 +111,7 @@ class FrozenDecoderModel(HubMixin, nn.Module):
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), each tied tensor counted once."""
         params = {id(p): p for p in self.base_model.parameters()}.values()
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        return sum(full_numel(p) for p in params if p.requires_grad), sum(full_numel(p) for p in params)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
@@ -134,7 +135,10 @@ class FrozenDecoderModel(HubMixin, nn.Module):
             )
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors the artifact stores: the trainable encoder-side weights, by base-model name."""
+        """The tensors the artifact stores: the trainable encoder-side weights, by base-model name.
+
+        These are the live parameters (under DeepSpeed ZeRO-3, partitioned ones); `save_pretrained` gathers them.
+        """
         encoder = self._sides().encoder
         return {name: encoder[name] for name in self.artifact_keys}
 
@@ -145,18 +149,25 @@ class FrozenDecoderModel(HubMixin, nn.Module):
     ) -> None:
         """Write the encoder-only artifact: `hf_frozen_model.safetensors` and `hf_frozen_config.json`.
 
+        Under DeepSpeed ZeRO-3, call it on every process (as with `Trainer.save_model`): the weights are
+        gathered from all of them, and only the main process writes.
+
         Args:
             save_directory (`str`): folder to write to (created if needed); other files in it are kept.
             is_main_process (`bool`, defaults to `True`): only the main process writes (as in transformers).
             verify (`bool`, defaults to `True`): first check that the decoder is still the recorded one, so that
                 an artifact can never claim a decoder it was not trained against.
         """
-        if not is_main_process:
+        partitioned = any_partitioned(self.base_model.parameters())
+        if not (is_main_process or partitioned):
             return
         if verify:
             self.verify_frozen()
+        tensors = full_copies(self.encoder_state_dict())
+        if not is_main_process:
+            return
         metadata = {"adapter_type": self.frozen_config.ADAPTER_TYPE}
-        save_tensors(self.encoder_state_dict(), os.path.join(save_directory, WEIGHTS_NAME), metadata)
+        save_tensors(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata)
         self.frozen_config.save_pretrained(save_directory)
 
     @classmethod
@@ -264,15 +275,16 @@ def copy_artifact_tensors(targets: dict[str, torch.Tensor], tensors: dict[str, t
             f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all). Was the artifact saved with "
             f"another `encoder_training` / `train_encoder_embeddings` setting or another architecture?"
         )
-    for name, target in targets.items():
-        if tensors[name].shape != target.shape:
-            raise ValueError(
-                f"Tensor {name!r} in {source} has shape {tuple(tensors[name].shape)}, the model expects "
-                f"{tuple(target.shape)}: the artifact belongs to another architecture."
-            )
-    with torch.no_grad():
+    with gathered(targets.values(), modify=True):  # under ZeRO-3, shapes and values are the full ones here
         for name, target in targets.items():
-            target.copy_(tensors[name])
+            if tensors[name].shape != target.shape:
+                raise ValueError(
+                    f"Tensor {name!r} in {source} has shape {tuple(tensors[name].shape)}, the model expects "
+                    f"{tuple(target.shape)}: the artifact belongs to another architecture."
+                )
+        with torch.no_grad():
+            for name, target in targets.items():
+                target.copy_(tensors[name])
 
 
 def _without_fingerprints(config: FrozenDecoderConfig) -> FrozenDecoderConfig:
