@@ -134,8 +134,9 @@ def main() -> None:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
+        # The encoder-only artifact. Every process calls this: under ZeRO-3 the weights are gathered from all.
+        model.save_pretrained(training_args.output_dir, is_main_process=trainer.is_world_process_zero())
         if trainer.is_world_process_zero():
-            model.save_pretrained(training_args.output_dir)  # the encoder-only artifact
             tokenizer.save_pretrained(training_args.output_dir)
 
     if training_args.do_eval and "validation" in tokenized:

@@ -97,6 +97,15 @@ def generate_in_fresh_process(artifact: Path, prompt: list[list[int]]) -> list[l
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """A Trainer built with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED for good; launches must not inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("base") / "t5"
