@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test,deepspeed]"
 	$(PY) -c "import sys; from deepspeed.accelerator import get_accelerator as acc; \
-	  [b().load() for b in map(acc().create_op_builder, sys.argv[1:]) if b]" $(DS_OPS)
+	  [b.load() for b in map(acc().create_op_builder, sys.argv[1:]) if b]" $(DS_OPS)
 	touch $@
 
 setup: $(VENV)/.installed
