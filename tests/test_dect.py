@@ -429,3 +429,47 @@ def test_standardisation_is_fitted_and_can_be_switched_off():
     torch.testing.assert_close(on.head.feature_mean, hidden.mean(0))
     assert torch.equal(off.head.feature_mean, torch.zeros_like(off.head.feature_mean))
     assert torch.equal(off.head.feature_scale, torch.ones_like(off.head.feature_scale))
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_heads_trained_together_match_heads_trained_alone(standardize):
+    """Cross-validation trains its (fold, weight) heads in one batch: the same heads as one at a time."""
+    from hf_frozen.dect.head import DecTHead, train_head, train_heads_together
+
+    torch.manual_seed(0)
+    n, d, c = 40, 24, 3
+    hidden = torch.randn(n, d) * torch.linspace(0.1, 20, d)  # a few large dimensions, as in decoder LMs
+    scores, labels = torch.randn(n, c), torch.arange(n) % c
+    in_training, weights = torch.rand(5, n) > 0.3, torch.tensor([0.0, 0.1, 1.0, 3.0, 10.0])
+    together = train_heads_together(DecTHead(d, c, 16, seed=3, standardize=standardize), hidden, scores, labels,
+                                    in_training, weights, steps=30, learning_rate=0.01)  # fmt: skip
+    for m in range(5):
+        head = DecTHead(d, c, 16, seed=3, standardize=standardize)
+        head.zero_shot_weight.fill_(weights[m])
+        rows = in_training[m].nonzero().squeeze(1)
+        train_head(head, hidden[rows], scores[rows], labels[rows], steps=30, learning_rate=0.01)
+        with torch.no_grad():
+            torch.testing.assert_close(together[m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prompt_prefix_is_read_once_and_changes_nothing():
+    """Causal LMs reuse the keys and values of the start all prompts share; answers equal full forwards."""
+    config = DecTConfig(template="the story the film the plot : {text} . sentiment : {answer}", label_words=WORDS,
+                        batch_size=4)  # fmt: skip
+    dect = get_frozen_model(backbone("causal_lm"), config, tokenizer=tiny_dect.tokenizer())
+    hf = dect.backbone
+    assert hf.tokenizer.convert_ids_to_tokens(hf.shared_prefix) == ["[CLS]", "the", "story", "the", "film", "the"]
+    inputs = [(t, None) for t in sentiment(6)["text"]] + [("", None)]
+    lengths = []
+    hf.model.base_model.register_forward_pre_hook(
+        lambda m, a, kw: lengths.append(kw["input_ids"].shape if "input_ids" in kw else a[0].shape), with_kwargs=True
+    )
+    hidden, scores = hf.query(inputs[:4])
+    more_hidden, more_scores = hf.query(inputs[4:])
+    hf.shared_prefix = []  # the plain path: every prompt read from its first token
+    plain_hidden, plain_scores = hf.query(inputs)
+    assert lengths[0] == (1, 6), "the shared prefix, read once"
+    full = lengths[3][1]  # the plain path pads all 7 prompts to the longest: the longest suffix is 6 shorter
+    assert max(shape[1] for shape in lengths[1:3]) == full - 6, "afterwards, only the prompts' own tokens"
+    np.testing.assert_allclose(np.concatenate([hidden, more_hidden]), plain_hidden, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate([scores, more_scores]), plain_scores, atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ position only: a pre-hook on the output embeddings cuts the LM head's input down
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -117,6 +118,8 @@ class HFBackbone:
         self.decoder_prefix = self._decoder_prefix()
         self.causal_prefix = self._causal_prefix()
         self.fingerprint = self._fingerprint()
+        self.shared_prefix = self._shared_prefix()
+        self._prefix_cache: DynamicCache | None = None  # keys and values of `shared_prefix`, computed once
         self._positions: torch.Tensor | None = None
         self._captured: torch.Tensor | None = None
         head = model.get_output_embeddings()
@@ -167,6 +170,23 @@ class HFBackbone:
             prompt += self.config.response_prefix
         return prompt
 
+    def _shared_prefix(self) -> list[int]:
+        """Token ids every prompt starts with (a chat template's system turn, the template before `{text}`).
+
+        A causal LM reads them once and reuses their keys and values for every batch, so each query only runs
+        its own tokens: with the demo's chat prompt, 27 of about 80 tokens per Rotten Tomatoes review.
+        Found as the common start of prompts rendered for unrelated texts, less two tokens, so that a text's
+        first token can never merge with the template's last; every batch is checked against it anyway.
+        """
+        if self.kind != "causal_lm" or self.config.hidden_pooling == "mean":
+            return []  # a mean over tokens needs every token's hidden state; other kinds see the text first
+        pair = self.config.text_pair_column is not None
+        probes = [self.encode(self.render(text, text if pair else None)) for text in ("a", "Zq 7", "(")]
+        common = 0
+        while all(len(p) > common and p[common] == probes[0][common] for p in probes):
+            common += 1
+        return probes[0][: max(0, common - 2)]
+
     def _fingerprint(self) -> str:
         tensors = dict(self.model.state_dict())
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
@@ -189,14 +209,34 @@ class HFBackbone:
         self._captured = picked
         return (picked.unsqueeze(1), *args[1:])
 
+    def _prefix_kv(self, batch_size: int) -> DynamicCache:
+        """A fresh cache holding the shared prefix's keys and values for `batch_size` prompts."""
+        if self._prefix_cache is None:
+            prefix = torch.tensor([self.shared_prefix], device=self.device)
+            # The model body only: the prefix needs no vocabulary logits.
+            self._prefix_cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
+        cache = copy.deepcopy(self._prefix_cache)  # the forward pass appends to it
+        cache.batch_repeat_interleave(batch_size)
+        return cache
+
     @torch.inference_mode()
     def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
         prompts = [self.render(text, pair) for text, pair in inputs]
+        ids = [self.encode(p) for p in prompts]
+        reused = len(self.shared_prefix)
+        if not reused or any(row[:reused] != self.shared_prefix for row in ids):
+            reused = 0
         batch = self.tokenizer.pad(
-            {"input_ids": [self.encode(p) for p in prompts]}, padding=True, padding_side="right", return_tensors="pt"
+            {"input_ids": [row[reused:] for row in ids]}, padding=True, padding_side="right", return_tensors="pt"
         )
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         lengths = batch["attention_mask"].sum(1)
+        if reused:  # the prompts' own tokens continue after the cached prefix
+            batch["past_key_values"] = self._prefix_kv(len(prompts))
+            batch["position_ids"] = torch.arange(reused, reused + batch["input_ids"].shape[1], device=self.device)
+            batch["position_ids"] = batch["position_ids"].expand(len(prompts), -1)
+            ones = batch["attention_mask"].new_ones(len(prompts), reused)
+            batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)
         if self.kind == "seq2seq_lm":
             prefix = torch.tensor(self.decoder_prefix, device=self.device).expand(len(prompts), -1)
             batch["decoder_input_ids"] = prefix

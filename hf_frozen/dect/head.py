@@ -163,19 +163,23 @@ def select_zero_shot_weight(
         return PROMPT_ONLY, {}
     splitter = StratifiedKFold(n_splits=min(folds, int(np.bincount(y).min())), shuffle=True, random_state=seed)
     choices: list[float | str] = [PROMPT_ONLY, *sorted(set(map(float, candidates)), reverse=True)]
+    weights = [c for c in choices if c != PROMPT_ONLY]
+    folds_idx = [(torch.from_numpy(t), torch.from_numpy(v)) for t, v in splitter.split(np.zeros(len(y)), y)]
+    # One head per (fold, weight), all trained at once: same maths as training each alone, a fraction of the time.
+    in_training = torch.zeros(len(folds_idx) * len(weights), len(y), dtype=torch.bool)
+    for f, (train_idx, _) in enumerate(folds_idx):
+        in_training[f * len(weights) : (f + 1) * len(weights), train_idx] = True
+    fold_logits = train_heads_together(
+        make_head(), hidden, scores, labels, in_training, torch.tensor(weights * len(folds_idx)), steps, learning_rate
+    )
     losses = {str(c): torch.zeros(len(y)) for c in choices}
     correct = {str(c): torch.zeros(len(y)) for c in choices}
-    for train_idx, val_idx in splitter.split(np.zeros(len(y)), y):
-        train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    for f, (_, val_idx) in enumerate(folds_idx):
         for choice in choices:
             if choice == PROMPT_ONLY:
                 logits = scores[val_idx]
             else:
-                head = make_head()
-                head.zero_shot_weight.fill_(choice)
-                train_head(head, hidden[train_idx], scores[train_idx], labels[train_idx], steps, learning_rate)
-                with torch.no_grad():
-                    logits = head(hidden[val_idx], scores[val_idx]).logits
+                logits = fold_logits[f * len(weights) + weights.index(choice), val_idx]
             losses[str(choice)][val_idx] = F.cross_entropy(logits.float(), labels[val_idx], reduction="none")
             correct[str(choice)][val_idx] = (logits.argmax(1) == labels[val_idx]).float()
     best = min(choices, key=lambda c: losses[str(c)].mean().item())
@@ -189,3 +193,65 @@ def select_zero_shot_weight(
         str(c): {"loss": losses[str(c)].mean().item(), "accuracy": correct[str(c)].mean().item()} for c in choices
     }
     return chosen, summary
+
+
+def train_heads_together(
+    template: DecTHead,
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    in_training: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+) -> torch.Tensor:
+    """Train M copies of `template` at once, copy m on the examples `in_training[m]` with zero-shot weight
+    `weights[m]`, exactly as `train_head` trains one (statistics, radii, full-batch Adam); return every copy's
+    logits on every example, (M, N, C).
+
+    The copies' losses are summed, so each one's gradient is its own, and Adam's update is element-wise: the
+    result equals M separate runs up to floating-point rounding, in one batched run instead of M small ones.
+    """
+    hidden = hidden.float()
+    mask = in_training.float()  # (M, N)
+    counts = mask.sum(1, keepdim=True)  # (M, 1)
+    if template.standardize:  # `DecTHead.fit_statistics`, per copy
+        mean = mask @ hidden / counts  # (M, d)
+        variance = (mask.unsqueeze(2) * (hidden.unsqueeze(0) - mean.unsqueeze(1)).square()).sum(1) / counts
+        scale = (variance + variance.median(dim=1, keepdim=True).values).sqrt().clamp_min(1e-6)
+    else:
+        mean, scale = torch.zeros(len(mask), hidden.shape[1]), torch.ones(len(mask), hidden.shape[1])
+    standardized = (hidden.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)  # (M, N, d)
+    projection = template.projection.weight.detach().expand(len(mask), -1, -1).clone().requires_grad_(True)
+    prototypes = template.prototypes
+
+    def project() -> torch.Tensor:
+        return F.normalize(torch.bmm(standardized, projection.transpose(1, 2)), dim=-1)  # (M, N, k)
+
+    with torch.no_grad():  # `DecTHead.init_radius`, per copy
+        projected = project()
+        radius = torch.zeros(len(mask), prototypes.shape[0])
+        for c in range(prototypes.shape[0]):
+            members = mask * (labels == c).float()  # (M, N)
+            n = members.sum(1).clamp_min(1)
+            centre = torch.einsum("mn,mnk->mk", members, projected) / n.unsqueeze(1)
+            spread = (projected - centre.unsqueeze(1)).norm(dim=-1)  # (M, N)
+            radius[:, c] = (members * spread).sum(1) / n
+    radius.requires_grad_(True)
+    prior = weights.float().view(-1, 1, 1) * scores.float().unsqueeze(0)  # (M, N, C)
+    optimizer = torch.optim.Adam([projection, radius], lr=learning_rate)
+
+    def logits() -> torch.Tensor:
+        distances = torch.cdist(project(), prototypes.unsqueeze(0).expand(len(mask), -1, -1))
+        return -distances + radius.unsqueeze(1) + prior
+
+    targets = labels.expand(len(mask), -1)
+    for _ in range(steps):
+        out = logits()
+        per_example = F.cross_entropy(out.transpose(1, 2), targets, reduction="none")  # (M, N)
+        loss = ((per_example * mask).sum(1) / counts.squeeze(1)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return logits()
