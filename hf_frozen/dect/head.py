@@ -119,7 +119,7 @@ def train_head(
     """Full-batch Adam on the cached features; returns the loss at each step."""
     head.fit_statistics(hidden)
     head.init_radius(hidden, labels)
-    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, fused=True)  # one kernel per step on CPU too
     losses = []
     head.train()
     for _ in range(steps):
@@ -239,7 +239,7 @@ def train_heads_together(
             radius[:, c] = (members * spread).sum(1) / n
     radius.requires_grad_(True)
     prior = weights.float().view(-1, 1, 1) * scores.float().unsqueeze(0)  # (M, N, C)
-    optimizer = torch.optim.Adam([projection, radius], lr=learning_rate)
+    optimizer = torch.optim.Adam([projection, radius], lr=learning_rate, fused=True)
 
     def logits() -> torch.Tensor:
         distances = torch.cdist(project(), prototypes.unsqueeze(0).expand(len(mask), -1, -1))
