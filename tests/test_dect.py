@@ -422,7 +422,7 @@ def test_command_fits_evaluates_and_saves(tmp_path):
 
 
 def test_standardisation_is_fitted_and_can_be_switched_off():
-    on, off = make("callable"), make("callable", standardize_hidden=False)
+    on, off = make("callable", standardize_hidden=True), make("callable", standardize_hidden=False)
     on.fit(sentiment(16))
     off.fit(sentiment(16))
     hidden, _, _ = on.features(sentiment(16))
@@ -473,3 +473,18 @@ def test_shared_prompt_prefix_is_read_once_and_changes_nothing():
     assert max(shape[1] for shape in lengths[1:3]) == full - 6, "afterwards, only the prompts' own tokens"
     np.testing.assert_allclose(np.concatenate([hidden, more_hidden]), plain_hidden, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([scores, more_scores]), plain_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_standardisation_by_default_only_when_a_few_dimensions_dominate():
+    from hf_frozen.dect.head import DecTHead
+
+    torch.manual_seed(0)
+    even = torch.randn(32, 16)
+    massive = even.clone()
+    massive[:, 3] = 20 + massive[:, 3]  # one massive activation dimension, as in decoder LMs
+    labels = torch.arange(32) % 2
+    for hidden, standardized in ((even, False), (massive, True)):
+        head = DecTHead(16, 2, 8)
+        head.fit_statistics(hidden)
+        head.init_radius(hidden, labels)
+        assert bool((head.feature_scale != 1).any()) is standardized

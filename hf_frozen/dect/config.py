@@ -44,9 +44,11 @@ class DecTConfig(FrozenAdapterConfig):
         calibrate (`bool`, *optional*): subtract the label-word log-probabilities of an empty input (`True`), or
             not (`False`). Unset (the default) lets cross-validation on the training cache choose, together with
             the zero-shot weight; with a fixed `zero_shot_weight`, unset means `True`.
-        standardize_hidden (`bool`, defaults to `True`): standardise `h` per dimension with the training cache's
-            statistics before the projection (helps decoder LMs with massive activation dimensions; measured to
-            hurt the already well-scaled MiniLM sentence embeddings, see docs/dect.md).
+        standardize_hidden (`bool`, *optional*): standardise `h` per dimension with the training cache's
+            statistics before the projection. Unset (the default): only when a few dimensions dominate `h` (the
+            largest per-dimension root mean square over 8 times the median), as in decoder LMs' massive
+            activations (SmolLM2: about 23 times); it helps there and hurts already well-scaled sentence
+            embeddings (MiniLM: about 2 times), see docs/dect.md.
         hidden_pooling (`str`, defaults to `"answer"`): the hidden state at the answer position, or `"mean"`
             over the prompt's tokens (for encoders trained for mean pooling, such as sentence transformers).
         batch_size (`int`, defaults to `16`): backbone queries per forward pass.
@@ -97,9 +99,12 @@ class DecTConfig(FrozenAdapterConfig):
         default=None,
         metadata={"help": "Calibrate zero-shot scores against an empty input; unset: chosen by cross-validation."},
     )
-    standardize_hidden: bool = dataclasses.field(
-        default=True,
-        metadata={"help": "Standardise hidden states per dimension with the training cache's statistics."},
+    standardize_hidden: bool | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Standardise hidden states per dimension with the training cache's statistics; unset: only when "
+            "a few dimensions dominate them (massive activations)."
+        },
     )
     hidden_pooling: str = dataclasses.field(
         default="answer", metadata={"help": "'answer': hidden state at the answer slot; 'mean': mean over tokens."}

@@ -23,6 +23,17 @@ from transformers.utils import ModelOutput
 
 # Weight value meaning "the calibrated prompt alone": stored as a flag, since JSON has no infinity.
 PROMPT_ONLY = "prompt_only"
+# `standardize=None` standardises h when its largest per-dimension RMS exceeds this many times the median one.
+# Measured on the bench's training caches: SmolLM2 21.9 to 25.2, MiniLM 1.7 to 2.5.
+MASSIVE_DIMENSION_RATIO = 8.0
+
+
+def wants_standardization(hidden_states: torch.Tensor, setting: bool | None) -> bool:
+    """`setting`, or, when it is unset, whether a few dimensions dominate `hidden_states` (N, d)."""
+    if setting is not None:
+        return setting
+    rms = hidden_states.float().square().mean(0).sqrt()
+    return bool(rms.max() > MASSIVE_DIMENSION_RATIO * rms.median())
 
 
 @dataclass
@@ -39,11 +50,17 @@ class DecTHead(nn.Module):
         num_classes (`int`): number of classes.
         projection_dim (`int`): size of the prototype space (128 in the paper).
         seed (`int`): seed of the projection and prototype initialisation.
-        standardize (`bool`): standardise `h` per dimension with the training cache's statistics.
+        standardize (`bool`, *optional*): standardise `h` per dimension with the training cache's statistics;
+            unset, only when a few dimensions dominate it (see `wants_standardization`).
     """
 
     def __init__(
-        self, hidden_size: int, num_classes: int, projection_dim: int = 128, seed: int = 0, standardize: bool = True
+        self,
+        hidden_size: int,
+        num_classes: int,
+        projection_dim: int = 128,
+        seed: int = 0,
+        standardize: bool | None = None,
     ) -> None:
         super().__init__()
         self.standardize = standardize
@@ -73,7 +90,9 @@ class DecTHead(nn.Module):
         Measured on SmolLM2 / Rotten Tomatoes (5 seeds), the head alone went from 61% to 72% at 16 shots and
         from 65% to 78% at 64.
         """
-        if not self.standardize:
+        if not wants_standardization(hidden_states, self.standardize):
+            self.feature_mean.zero_()
+            self.feature_scale.fill_(1.0)
             return
         hidden_states = hidden_states.float()
         variance = hidden_states.var(0, unbiased=False)
@@ -215,7 +234,7 @@ def train_heads_together(
     hidden = hidden.float()
     mask = in_training.float()  # (M, N)
     counts = mask.sum(1, keepdim=True)  # (M, 1)
-    if template.standardize:  # `DecTHead.fit_statistics`, per copy
+    if wants_standardization(hidden, template.standardize):  # `DecTHead.fit_statistics`, per copy
         mean = mask @ hidden / counts  # (M, d)
         variance = (mask.unsqueeze(2) * (hidden.unsqueeze(0) - mean.unsqueeze(1)).square()).sum(1) / counts
         scale = (variance + variance.median(dim=1, keepdim=True).values).sqrt().clamp_min(1e-6)
