@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
@@ -56,6 +57,8 @@ def main(folder: str) -> None:
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(folder, "head.safetensors"))
     with open(os.path.join(folder, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
+    torch.distributed.barrier()  # leave together, with the process group closed (see distributed_worker.py)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, Seq2SeqTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import hf_frozen.frozen_decoder.model as frozen_model_module  # noqa: E402
 from hf_frozen import FrozenDecoderCallback, FrozenDecoderConfig, get_frozen_model  # noqa: E402
 from hf_frozen.fingerprint import fingerprint_tensors  # noqa: E402
 from hf_frozen.frozen_decoder.callback import optimized_tensors  # noqa: E402
@@ -52,6 +53,19 @@ def inner_optimizer_state_numel(optimizer) -> int:
     return sum(state["exp_avg"].numel() for state in optimizer.state.values() if "exp_avg" in state)
 
 
+def count_artifact_writes() -> list[str]:
+    """Record every encoder-artifact file this process writes (the real write still happens)."""
+    written: list[str] = []
+    save = frozen_model_module.save_tensors
+
+    def counting_save(tensors, path, *args, **kwargs):
+        written.append(path)
+        return save(tensors, path, *args, **kwargs)
+
+    frozen_model_module.save_tensors = counting_save
+    return written
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)  # the test counts the callback's start-of-training line
     argv = sys.argv[1:]
@@ -63,6 +77,7 @@ def main() -> None:
     if training_args.world_size != int(os.environ["WORLD_SIZE"]):
         raise RuntimeError(f"{training_args.world_size} processes seen of {os.environ['WORLD_SIZE']} (see above)")
 
+    artifact_writes = count_artifact_writes()
     model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(worker_args.base), FrozenDecoderConfig())
     decoder_before = full_copies(model._sides().decoder)
     encoder_before = fingerprint_tensors(model.encoder_state_dict())
@@ -91,9 +106,14 @@ def main() -> None:
         "trainable_numel": sum(full_numel(p) for p in trainable),
         "optimizer_state_numel": inner_optimizer_state_numel(trainer.optimizer),
         "generated": generated.tolist(),
+        "artifact_writes": [os.path.basename(os.path.dirname(path)) for path in artifact_writes],
     }
     with open(os.path.join(worker_args.report_dir, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
+    # Leave together and close the process group before exiting, so that no communication thread is still
+    # running when the interpreter shuts down.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

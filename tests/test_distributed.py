@@ -136,6 +136,7 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
     assert reports[0]["generated"] == reports[1]["generated"]
     # The callbacks act once: one start-of-training log line, artifacts written by the main process only.
     assert log.count(START_LOG) == 1, log[-3000:]
+    assert reports[0]["artifact_writes"] == ["checkpoint-2", "checkpoint-4"] and reports[1]["artifact_writes"] == []
 
     # The encoder-only artifact in the last checkpoint is complete (gathered under ZeRO-3) and, loaded in a
     # fresh single process onto the base model, generates exactly what the trained model generated.
