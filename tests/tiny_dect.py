@@ -43,33 +43,15 @@ V = len(SPECIALS) + len(WORDS)
 _BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
              max_position_embeddings=64, pad_token_id=0)  # fmt: skip
 
+_GPT2 = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, bos_token_id=2,
+             eos_token_id=3)  # fmt: skip
+_T5 = dict(vocab_size=V, d_model=32, d_ff=37, num_layers=2, num_heads=4, d_kv=8, decoder_start_token_id=0,
+           pad_token_id=0, eos_token_id=3)  # fmt: skip
+
 BACKBONES = {
     "masked_lm": lambda: BertForMaskedLM(BertConfig(**_BERT)),
-    "causal_lm": lambda: GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=V,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            n_positions=64,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        )  # fmt: skip
-    ),
-    "seq2seq_lm": lambda: T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=V,
-            d_model=32,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            d_kv=8,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=3,
-        )  # fmt: skip
-    ),
+    "causal_lm": lambda: GPT2LMHeadModel(GPT2Config(**_GPT2)),
+    "seq2seq_lm": lambda: T5ForConditionalGeneration(T5Config(**_T5)),
     "encoder": lambda: BertModel(BertConfig(**_BERT)),
 }
 

@@ -138,31 +138,26 @@ class DecTModel(HubMixin):
             # Decided together, so that each example is queried once, by one process, and all get the answers.
             missing = union_across_processes(missing)
             order = sorted(missing, key=lambda k: (len(missing[k][0]) + len(missing[k][1] or ""), k))
-            answers = self._answer({k: missing[k] for k in my_share(order, rank, world_size)})
+            share = my_share(order, rank, world_size)
+            answers = {k: entry for k in share if (entry := self.cache.get(k)) is not None}  # cached here only
+            answers.update(self._query({k: missing[k] for k in share if k not in answers}))
             for key, entry in union_across_processes(answers).items():
                 if key not in answers:
                     self.cache.put(key, *entry, persist=False)  # the process that queried it stored it
                 entries[key] = entry
         elif missing:
-            entries.update(self._answer(missing))
+            entries.update(self._query(missing))
         hidden = torch.from_numpy(np.stack([entries[k][0] for k in keys]))
         has_scores = entries[keys[0]][1] is not None
         scores = torch.from_numpy(np.stack([entries[k][1] for k in keys])) if has_scores else None
         return hidden, scores
 
-    def _answer(self, inputs: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
-        """Cache entries for `inputs` (key -> (text, pair)), querying the backbone for those not cached."""
+    def _query(self, inputs: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+        """Query the backbone for `inputs` (key -> (text, pair)), caching and returning each answer by key."""
         answers = {}
-        todo = []
-        for key in inputs:
-            found = self.cache.get(key)
-            if found is None:
-                todo.append(key)
-            else:
-                answers[key] = found
         # Input length in characters orders prompts well enough to keep padding small, without tokenizing every
         # prompt an extra time just to sort.
-        todo.sort(key=lambda k: len(inputs[k][0]) + len(inputs[k][1] or ""))
+        todo = sorted(inputs, key=lambda k: len(inputs[k][0]) + len(inputs[k][1] or ""))
         size = self.config.batch_size
         batches = [todo[s : s + size] for s in range(0, len(todo), size)]
         bar = tqdm(batches, desc="DecT: querying the backbone", unit="batch", disable=not self.show_progress)
