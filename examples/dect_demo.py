@@ -26,10 +26,11 @@ from offline_assets import CACHE, few_shot, fixed_split, rotten_tomatoes, smollm
 
 from hf_frozen import DecTConfig, get_frozen_model  # noqa: E402
 
-# The prompt used in docs/dect.md and bench/: a chat-template question, with the start of the reply given so
-# that the next token is the label word.
+# The prompt used in docs/dect.md and bench/: a chat-template instruction, with the start of the reply given so
+# that the next token is the label word. The instruction comes before the review so that a causal LM reads it
+# once for all queries (the shared prefix, see docs/dect.md); chosen on pool examples, never the test split.
 ROTTEN_TOMATOES_PROMPT = dict(
-    template="Review: {text}\nIs this movie review positive or negative? Answer with one word.{answer}",
+    template="Classify the sentiment of the movie review as positive or negative.\nReview: {text}{answer}",
     chat_template=True,
     response_prefix="This movie review is",
     label_words=["negative", "positive"],

@@ -212,25 +212,40 @@ def test_weight_selection_keeps_the_prompt_when_it_is_better():
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
 
 
-def test_calibration_is_chosen_by_cross_validation():
-    class BiasedEmptyInput(ClusterAPI):
-        """Informative label-word scores, but the empty input leans hard to one class: calibrating hurts."""
+class LeaningPrompt(ClusterAPI):
+    """Informative label-word scores plus a lean: `lean` is added to every input's scores, `empty` replaces the
+    empty (calibration) input's."""
 
-        def __call__(self, prompts, label_words):
-            hidden, _ = super().__call__(prompts, label_words)
-            positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
-            scores = np.stack([~positive, positive], 1).astype(float) * 2.0
-            empty = np.array([p.split() == ["review", ":", ".", "sentiment", ":"] for p in prompts])
-            scores[empty] = [0.0, 8.0]
-            return self.rng.normal(size=hidden.shape), scores
+    def __init__(self, lean, empty):
+        super().__init__()
+        self.lean, self.empty = np.array(lean), np.array(empty)
 
-    dect = get_frozen_model(BiasedEmptyInput(), DecTConfig(template=TEMPLATE, label_words=WORDS), backbone_name="b")
+    def __call__(self, prompts, label_words):
+        hidden, _ = super().__call__(prompts, label_words)
+        positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+        scores = np.stack([~positive, positive], 1).astype(float) * 2.0 + self.lean
+        is_empty = np.array([p.split() == ["review", ":", ".", "sentiment", ":"] for p in prompts])
+        scores[is_empty] = self.empty
+        return self.rng.normal(size=hidden.shape), scores
+
+
+def test_calibration_is_used_only_when_it_clearly_helps():
+    # The prompt is right, but the empty input leans hard to one class: calibrating would hurt.
+    dect = get_frozen_model(LeaningPrompt(lean=[0.0, 0.0], empty=[0.0, 8.0]), DecTConfig(template=TEMPLATE,
+                            label_words=WORDS), backbone_name="empty-leans")  # fmt: skip
     dect.show_progress = False
     dect.fit(sentiment(32))
-    assert sorted(dect.cv_results) == ["calibrated", "uncalibrated"]
-    assert dect.config.selected_calibrate is False
+    assert dect.config.selected_calibrate is False and list(dect.cv_results) == ["uncalibrated"]
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
     assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot")["accuracy"] == 0.5, "calibrated: one class"
+    # Every input leans to "positive" as the empty one does: only the calibrated prompt is right.
+    dect = get_frozen_model(LeaningPrompt(lean=[0.0, 3.0], empty=[0.0, 3.0]), DecTConfig(template=TEMPLATE,
+                            label_words=WORDS), backbone_name="all-lean")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    assert dect.config.selected_calibrate is True and list(dect.cv_results) == ["calibrated"]
+    assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot_uncalibrated")["accuracy"] == 0.5
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
 
 
 def test_fixed_weight_and_one_shot():

@@ -36,14 +36,14 @@ class DecTConfig(FrozenAdapterConfig):
         projection_dim (`int`, defaults to `128`): size of the prototype space.
         steps (`int`, defaults to `30`): full-batch Adam steps.
         learning_rate (`float`, defaults to `0.01`): Adam learning rate.
-        zero_shot_weight (`float`, *optional*): weight of the calibrated zero-shot scores in the final score.
+        zero_shot_weight (`float`, *optional*): weight of the zero-shot scores in the final score.
             Unset (the default) picks it by cross-validation on the training cache among
             `zero_shot_weight_candidates`, head alone (0) and prompt alone included. The reference code's
             1/shots was tuned for RoBERTa's raw logits and can make DecT worse than the prompt alone.
         zero_shot_weight_candidates (`list[float]`): the weights cross-validation chooses among.
         calibrate (`bool`, *optional*): subtract the label-word log-probabilities of an empty input (`True`), or
-            not (`False`). Unset (the default) lets cross-validation on the training cache choose, together with
-            the zero-shot weight; with a fixed `zero_shot_weight`, unset means `True`.
+            not (`False`). Unset (the default): only when the calibrated prompt alone is clearly better on the
+            training cache (by more than one standard error of the per-example cross-entropy).
         standardize_hidden (`bool`, *optional*): standardise `h` per dimension with the training cache's
             statistics before the projection. Unset (the default): only when a few dimensions dominate `h` (the
             largest per-dimension root mean square over 8 times the median), as in decoder LMs' massive
@@ -87,7 +87,7 @@ class DecTConfig(FrozenAdapterConfig):
     zero_shot_weight: float | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "Weight of the calibrated zero-shot scores; unset picks it by cross-validation on the training "
+            "help": "Weight of the zero-shot scores; unset picks it by cross-validation on the training "
             "cache (head alone and prompt alone among the choices)."
         },
     )
@@ -97,7 +97,9 @@ class DecTConfig(FrozenAdapterConfig):
     )
     calibrate: bool | None = dataclasses.field(
         default=None,
-        metadata={"help": "Calibrate zero-shot scores against an empty input; unset: chosen by cross-validation."},
+        metadata={
+            "help": "Calibrate zero-shot scores against an empty input; unset: only if clearly better on the data."
+        },
     )
     standardize_hidden: bool | None = dataclasses.field(
         default=None,

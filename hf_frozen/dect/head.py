@@ -151,6 +151,15 @@ def train_head(
     return losses
 
 
+def clearly_worse(losses: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether per-example `losses` exceed `reference`'s on the same examples by more than one standard error of
+    their paired difference: the bar a less simple choice must clear before DecT prefers it."""
+    gap = losses.float() - reference.float()
+    if len(gap) < 2:
+        return False  # one example tells nothing apart
+    return bool(gap.mean() > gap.std() / len(gap) ** 0.5)
+
+
 def select_zero_shot_weight(
     hidden: torch.Tensor,
     scores: torch.Tensor,
@@ -202,12 +211,7 @@ def select_zero_shot_weight(
             losses[str(choice)][val_idx] = F.cross_entropy(logits.float(), labels[val_idx], reduction="none")
             correct[str(choice)][val_idx] = (logits.argmax(1) == labels[val_idx]).float()
     best = min(choices, key=lambda c: losses[str(c)].mean().item())
-    chosen = best
-    for choice in choices:  # most prompt-like first
-        gap = losses[str(choice)] - losses[str(best)]
-        if gap.mean() <= gap.std() / len(y) ** 0.5:
-            chosen = choice
-            break
+    chosen = next(c for c in choices if not clearly_worse(losses[str(c)], losses[str(best)]))  # most prompt-like
     summary = {
         str(c): {"loss": losses[str(c)].mean().item(), "accuracy": correct[str(c)].mean().item()} for c in choices
     }
