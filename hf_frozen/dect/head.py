@@ -2,7 +2,7 @@
 
     s_c(x) = -|| normalize(W h) - p_c ||_2 + r_c + lambda * z_c
 
-`h` is the backbone's hidden state at the answer position, `z` the calibrated zero-shot label-word scores,
+`h` is the backbone's hidden state at the answer position, `z` the zero-shot label-word scores (calibrated if in use),
 `p_c` fixed xavier-uniform prototypes and `r_c` a radius initialised to the mean distance of class c's
 projected examples to their projected class mean (Cui et al., 2023, and their reference code). Training is
 full-batch Adam on cross-entropy over `s`. One departure: `h` is standardised per dimension with the
@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
-# Weight value meaning "the calibrated prompt alone": stored as a flag, since JSON has no infinity.
+# Weight value meaning "the prompt alone": stored as a flag, since JSON has no infinity.
 PROMPT_ONLY = "prompt_only"
 # `standardize=None` standardises h when its largest per-dimension RMS exceeds this many times the median one.
 # Measured on the bench's training caches: SmolLM2 21.9 to 25.2, MiniLM 1.7 to 2.5.
@@ -34,6 +34,11 @@ def wants_standardization(hidden_states: torch.Tensor, setting: bool | None) -> 
         return setting
     rms = hidden_states.float().square().mean(0).sqrt()
     return bool(rms.max() > MASSIVE_DIMENSION_RATIO * rms.median())
+
+
+def shrunk_scale(variance: torch.Tensor) -> torch.Tensor:
+    """Per-dimension scale sqrt(var_d + median(var)) over the last dimension (see `DecTHead.fit_statistics`)."""
+    return (variance + variance.median(dim=-1, keepdim=True).values).sqrt().clamp_min(1e-6)
 
 
 @dataclass
@@ -97,7 +102,7 @@ class DecTHead(nn.Module):
         hidden_states = hidden_states.float()
         variance = hidden_states.var(0, unbiased=False)
         self.feature_mean.copy_(hidden_states.mean(0))
-        self.feature_scale.copy_((variance + variance.median()).sqrt().clamp_min(1e-6))
+        self.feature_scale.copy_(shrunk_scale(variance))
 
     def distances(self, hidden_states: torch.Tensor) -> torch.Tensor:
         standardized = (hidden_states.float() - self.feature_mean) / self.feature_scale
@@ -173,7 +178,7 @@ def select_zero_shot_weight(
 ) -> tuple[float | str, dict[str, dict[str, float]]]:
     """Pick the zero-shot weight on the training cache: held-out cross-entropy, one-standard-error rule.
 
-    Every choice (the calibrated prompt alone, `PROMPT_ONLY`, and each candidate weight) is scored by the
+    Every choice (the prompt alone, `PROMPT_ONLY`, and each candidate weight) is scored by the
     cross-entropy of its predictions on held-out stratified folds, example by example. The choice kept is the
     most prompt-like one (prompt alone, then larger weights first) whose loss exceeds the best choice's by at
     most one standard error of their paired difference. With a few dozen examples, accuracy differences
@@ -241,7 +246,7 @@ def train_heads_together(
     if wants_standardization(hidden, template.standardize):  # `DecTHead.fit_statistics`, per copy
         mean = mask @ hidden / counts  # (M, d)
         variance = (mask.unsqueeze(2) * (hidden.unsqueeze(0) - mean.unsqueeze(1)).square()).sum(1) / counts
-        scale = (variance + variance.median(dim=1, keepdim=True).values).sqrt().clamp_min(1e-6)
+        scale = shrunk_scale(variance)
     else:
         mean, scale = torch.zeros(len(mask), hidden.shape[1]), torch.ones(len(mask), hidden.shape[1])
     standardized = (hidden.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)  # (M, N, d)
