@@ -106,7 +106,8 @@ def dect_main(argv: list[str]) -> dict:
     dect: DecTModel = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
     metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,
-                     "zero_shot_weight": dect.config.selected_zero_shot_weight}  # fmt: skip
+                     "zero_shot_weight": dect.config.selected_zero_shot_weight,
+                     "calibrated": dect.config.selected_calibrate, "steps": dect.config.selected_steps}  # fmt: skip
     if test is not None:
         metrics["test"] = {"dect": dect.evaluate(test)}
         if dect.config.backbone_kind != "encoder":

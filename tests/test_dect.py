@@ -13,7 +13,7 @@ from transformers import HfArgumentParser
 import hf_frozen.hub
 from hf_frozen import AutoFrozenModel, DecTConfig, DecTModel, get_frozen_model
 from hf_frozen.dect.cache import entry_key
-from hf_frozen.dect.head import PROMPT_ONLY
+from hf_frozen.dect.head import PROMPT_ONLY, choice_name
 
 from . import tiny_dect
 from .test_save_load import FakeHub
@@ -49,6 +49,8 @@ def make(kind, **overrides):
         ({"label_words": {"neg": "bad", "pos": "good"}}, "not a dict"),
         ({"labels": ["neg"]}, "one name per class"),
         ({"steps": 0}, "`steps`"),
+        ({"steps_candidates": []}, "`steps_candidates`"),
+        ({"steps_candidates": [10, 0]}, "`steps_candidates` must be a non-empty list of integers >= 1"),
         ({"zero_shot_weight": -1.0}, "`zero_shot_weight`"),
         ({"response_prefix": "It is"}, "chat_template"),
         ({"hidden_pooling": "cls"}, "`hidden_pooling`"),
@@ -62,10 +64,11 @@ def test_bad_config_is_named(kwargs, message):
 def test_config_parses_with_hf_argument_parser():
     (config,) = HfArgumentParser(DecTConfig).parse_args_into_dataclasses(
         ["--template", TEMPLATE, "--label_words", "terrible|bad", "great|good", "--labels", "neg", "pos",
-         "--zero_shot_weight", "0.5"]
+         "--zero_shot_weight", "0.5", "--steps_candidates", "5", "20"]
     )  # fmt: skip
     assert config.label_words == [["terrible", "bad"], ["great", "good"]]
     assert config.labels == ["neg", "pos"] and config.zero_shot_weight == 0.5
+    assert config.steps is None and config.steps_candidates == [5, 20]
 
 
 # -- queries and the cache ------------------------------------------------------------------------------------
@@ -78,6 +81,8 @@ def test_one_query_per_example_on_every_backbone(kind):
     dect.fit(train)
     calibration = 1 if kind != "encoder" else 0  # the empty-input query (only with label-word scores)
     assert dect.num_queries == 16 + calibration
+    if kind == "encoder":  # no label-word scores: the head alone, its steps cross-validated
+        assert set(dect.cv_results) == {"weight=0.0, steps=10", "weight=0.0, steps=30"}
     assert dect.config.backbone_kind == kind
     results = dect.evaluate(test)
     assert results["backbone_queries"] == 8 and results["num_examples"] == 8
@@ -186,10 +191,9 @@ def test_cache_key_covers_backbone_prompt_and_text():
 def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
     dect = make("callable")
     dect.fit(sentiment(64, seed=0))
-    selected = dect.config.selected_zero_shot_weight
-    cv = dect.cv_results["calibrated" if dect.config.selected_calibrate else "uncalibrated"]
-    assert selected in (0.0, 0.1, 0.3), dect.cv_results
-    assert cv["prompt_only"]["loss"] > cv[str(selected)]["loss"]
+    selected, steps = dect.config.selected_zero_shot_weight, dect.config.selected_steps
+    assert selected in (0.0, 0.1, 0.3) and steps in (10, 30), dect.cv_results
+    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[choice_name(selected, steps)]["loss"]
     assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
     assert dect.fit_seconds["training"] < 5
 
@@ -207,8 +211,8 @@ def test_weight_selection_keeps_the_prompt_when_it_is_better():
     dect.show_progress = False
     dect.fit(sentiment(32))
     assert dect.config.selected_zero_shot_weight in (PROMPT_ONLY, 10.0), dect.cv_results  # the prompt dominates
-    assert list(dect.cv_results) == ["uncalibrated"] and dect.config.selected_calibrate is False
-    assert dect.cv_results["uncalibrated"]["prompt_only"]["accuracy"] == 1.0
+    assert dect.config.selected_calibrate is False
+    assert dect.cv_results["prompt_only"]["accuracy"] == 1.0
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
 
 
@@ -235,7 +239,7 @@ def test_calibration_is_used_only_when_it_clearly_helps():
                             label_words=WORDS), backbone_name="empty-leans")  # fmt: skip
     dect.show_progress = False
     dect.fit(sentiment(32))
-    assert dect.config.selected_calibrate is False and list(dect.cv_results) == ["uncalibrated"]
+    assert dect.config.selected_calibrate is False
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
     assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot")["accuracy"] == 0.5, "calibrated: one class"
     # Every input leans to "positive" as the empty one does: only the calibrated prompt is right.
@@ -243,15 +247,21 @@ def test_calibration_is_used_only_when_it_clearly_helps():
                             label_words=WORDS), backbone_name="all-lean")  # fmt: skip
     dect.show_progress = False
     dect.fit(sentiment(32))
-    assert dect.config.selected_calibrate is True and list(dect.cv_results) == ["calibrated"]
+    assert dect.config.selected_calibrate is True
     assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot_uncalibrated")["accuracy"] == 0.5
     assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
 
 
-def test_fixed_weight_and_one_shot():
+def test_fixed_weight_steps_and_one_shot():
     dect = make("callable", zero_shot_weight=0.25)
     dect.fit(sentiment(8))
     assert dect.config.selected_zero_shot_weight == 0.25 and float(dect.head.zero_shot_weight) == 0.25
+    # The steps are still cross-validated, the prompt alone is not a choice.
+    assert set(dect.cv_results) == {"weight=0.25, steps=10", "weight=0.25, steps=30"}
+    assert dect.config.selected_steps in (10, 30)
+    fixed = make("callable", zero_shot_weight=0.25, steps=7)
+    fixed.fit(sentiment(8))
+    assert fixed.config.selected_steps == 7 and fixed.cv_results == {}, "nothing left to choose"
     one_shot = make("callable")
     one_shot.fit(sentiment(2))  # one example per class: no fold can be held out
     assert one_shot.config.selected_zero_shot_weight == PROMPT_ONLY
@@ -277,13 +287,14 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     script = (
         "import json, sys; from hf_frozen import AutoFrozenModel;"
         f"m = AutoFrozenModel.from_pretrained({str(tmp_path / 'head')!r}); m.show_progress = False;"
-        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries]))"
+        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, m.config.selected_steps]))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    scores, queries = json.loads(done.stdout.strip().splitlines()[-1])
+    scores, queries, steps = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     assert queries == 10, "the saved calibration needs no new empty-input query"
+    assert steps == dect.config.selected_steps in (10, 30), "the recorded choice survives the round trip"
 
 
 def test_load_refuses_another_backbone_and_needs_the_callable(tmp_path):
@@ -385,9 +396,9 @@ def test_trainer_trains_the_same_head_without_requerying(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 30
     assert dect.num_queries == 16 + 1, "30 epochs, still one query per example (+ the empty input)"
-    assert dect.head is head and dect.config.selected_zero_shot_weight == 0.5
+    assert dect.head is head and dect.config.selected_zero_shot_weight == 0.5 and dect.config.selected_steps == 30
 
-    reference = make("causal_lm", zero_shot_weight=0.5)
+    reference = make("causal_lm", zero_shot_weight=0.5, steps=30)
     reference.fit(train)
     for name, tensor in reference.head.state_dict().items():
         torch.testing.assert_close(head.state_dict()[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
@@ -457,14 +468,16 @@ def test_heads_trained_together_match_heads_trained_alone(standardize):
     scores, labels = torch.randn(n, c), torch.arange(n) % c
     in_training, weights = torch.rand(5, n) > 0.3, torch.tensor([0.0, 0.1, 1.0, 3.0, 10.0])
     together = train_heads_together(DecTHead(d, c, 16, seed=3, standardize=standardize), hidden, scores, labels,
-                                    in_training, weights, steps=30, learning_rate=0.01)  # fmt: skip
-    for m in range(5):
-        head = DecTHead(d, c, 16, seed=3, standardize=standardize)
-        head.zero_shot_weight.fill_(weights[m])
-        rows = in_training[m].nonzero().squeeze(1)
-        train_head(head, hidden[rows], scores[rows], labels[rows], steps=30, learning_rate=0.01)
-        with torch.no_grad():
-            torch.testing.assert_close(together[m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)
+                                    in_training, weights, checkpoints=[10, 30], learning_rate=0.01)  # fmt: skip
+    assert sorted(together) == [10, 30]
+    for steps in (10, 30):
+        for m in range(5):
+            head = DecTHead(d, c, 16, seed=3, standardize=standardize)
+            head.zero_shot_weight.fill_(weights[m])
+            rows = in_training[m].nonzero().squeeze(1)
+            train_head(head, hidden[rows], scores[rows], labels[rows], steps=steps, learning_rate=0.01)
+            with torch.no_grad():
+                torch.testing.assert_close(together[steps][m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_shared_prompt_prefix_is_read_once_and_changes_nothing():

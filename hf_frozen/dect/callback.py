@@ -81,10 +81,9 @@ class DecTCallback(TrainerCallback):
                 f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
             )
         config = self.dect.config
-        weight: float | str = 0.0
-        config.selected_calibrate = None
-        if raw is not None:
-            weight, config.selected_calibrate = self.dect.choose_prompt_scoring(hidden, raw, labels)
+        # The Trainer sets the steps; cross-validation picks the weight at the configured (or largest) count.
+        steps = [config.steps or max(config.steps_candidates)]
+        weight, _, config.selected_calibrate = self.dect.choose_head_settings(hidden, raw, labels, steps=steps)
         config.selected_zero_shot_weight = weight
         head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
         head.fit_statistics(hidden)
@@ -96,6 +95,7 @@ class DecTCallback(TrainerCallback):
         head = kwargs.get("model")
         self.dect.head = head.eval()
         self.dect.config.hidden_size = head.projection.in_features
+        self.dect.config.selected_steps = state.global_step
         if state.is_world_process_zero:
             logger.info(
                 "DecT head trained in the Trainer: %d backbone queries, zero-shot weight %s",

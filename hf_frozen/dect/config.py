@@ -34,7 +34,10 @@ class DecTConfig(FrozenAdapterConfig):
         text_column (`str`, defaults to `"text"`), text_pair_column (`str`, *optional*), label_column
             (`str`, defaults to `"label"`): dataset columns.
         projection_dim (`int`, defaults to `128`): size of the prototype space.
-        steps (`int`, defaults to `30`): full-batch Adam steps.
+        steps (`int`, *optional*): full-batch Adam steps. Unset (the default) picks them by cross-validation on
+            the training cache among `steps_candidates`, together with the zero-shot weight: fewer steps keep the
+            head closer to its initialisation, which helps when the features separate the classes only weakly.
+        steps_candidates (`list[int]`, defaults to `[10, 30]`): the step counts cross-validation chooses among.
         learning_rate (`float`, defaults to `0.01`): Adam learning rate.
         zero_shot_weight (`float`, *optional*): weight of the zero-shot scores in the final score.
             Unset (the default) picks it by cross-validation on the training cache among
@@ -82,7 +85,17 @@ class DecTConfig(FrozenAdapterConfig):
     )
     label_column: str = dataclasses.field(default="label", metadata={"help": "Dataset column with the label."})
     projection_dim: int = dataclasses.field(default=128, metadata={"help": "Size of the prototype space."})
-    steps: int = dataclasses.field(default=30, metadata={"help": "Full-batch Adam steps on the cached features."})
+    steps: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Full-batch Adam steps on the cached features; unset picks them by cross-validation among "
+            "steps_candidates."
+        },
+    )
+    steps_candidates: list[int] = dataclasses.field(
+        default_factory=lambda: [10, 30],
+        metadata={"help": "Step counts that cross-validation chooses among when steps is unset."},
+    )
     learning_rate: float = dataclasses.field(default=0.01, metadata={"help": "Adam learning rate of the head."})
     zero_shot_weight: float | None = dataclasses.field(
         default=None,
@@ -130,6 +143,9 @@ class DecTConfig(FrozenAdapterConfig):
     selected_zero_shot_weight: float | str | None = dataclasses.field(
         default=None, init=False, metadata={"help": "The weight in use: a number, or 'prompt_only'."}
     )
+    selected_steps: int | None = dataclasses.field(
+        default=None, init=False, metadata={"help": "The optimizer steps the head was trained for."}
+    )
     selected_calibrate: bool | None = dataclasses.field(
         default=None, init=False, metadata={"help": "Whether the zero-shot scores in use are calibrated."}
     )
@@ -151,8 +167,17 @@ class DecTConfig(FrozenAdapterConfig):
                 f"`response_prefix` ({self.response_prefix!r}) only applies with `chat_template=True`; without a chat "
                 "template, write it into `template` before {answer}."
             )
-        for name in ("projection_dim", "steps", "learning_rate", "batch_size", "max_length"):
+        for name in ("projection_dim", "learning_rate", "batch_size", "max_length"):
             check_positive(self, name)
+        if self.steps is not None:
+            check_positive(self, "steps")
+        if not self.steps_candidates or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps_candidates
+        ):
+            raise ValueError(
+                f"`steps_candidates` must be a non-empty list of integers >= 1 (e.g. [10, 30]), got "
+                f"{self.steps_candidates!r}."
+            )
         if self.zero_shot_weight is not None:
             check_positive(self, "zero_shot_weight", allow_zero=True)
         if not self.zero_shot_weight_candidates or any(

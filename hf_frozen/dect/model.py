@@ -22,7 +22,7 @@ from .backbones import Backbone, CallableBackbone, HFBackbone, detect_kind
 from .cache import QueryCache, entry_key
 from .config import DecTConfig
 from .distributed import my_share, rank_and_world_size, union_across_processes
-from .head import PROMPT_ONLY, DecTHead, clearly_worse, select_zero_shot_weight, train_head
+from .head import PROMPT_ONLY, DecTHead, clearly_worse, cross_validate_head, train_head
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class DecTModel(HubMixin):
         self.num_queries = 0  # backbone queries made by this object: one per uncached example
         self.head: DecTHead | None = None
         self.calibration: torch.Tensor | None = None  # label-word scores of the empty input, (C,)
-        # "calibrated" / "uncalibrated" -> zero-shot weight choice -> held-out loss and accuracy
-        self.cv_results: dict[str, dict[str, dict[str, float]]] = {}
+        # Per choice of the last fit's cross-validation (named by `choice_name`): held-out loss and accuracy.
+        self.cv_results: dict[str, dict[str, float]] = {}
         self.fit_seconds: dict[str, float] = {}
         self.show_progress = True
 
@@ -203,20 +203,38 @@ class DecTModel(HubMixin):
         c = self.config
         return c.selected_calibrate if c.selected_calibrate is not None else c.calibrate is not False
 
-    def choose_prompt_scoring(
-        self, hidden: torch.Tensor, raw_scores: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[float | str, bool]:
-        """Pick whether to calibrate (see `calibration_helps`), then the zero-shot weight by cross-validation."""
+    def choose_head_settings(
+        self,
+        hidden: torch.Tensor,
+        raw_scores: torch.Tensor | None,
+        labels: torch.Tensor,
+        steps: list[int] | None = None,
+    ) -> tuple[float | str, int, bool | None]:
+        """Pick whether to calibrate (see `calibration_helps`), then the zero-shot weight and the number of steps
+        (among `steps`, by default the configured ones) by cross-validation on the training cache.
+
+        Returns:
+            The weight (`PROMPT_ONLY`, or a float: 0 without label-word scores), the steps, and whether the
+            zero-shot scores are calibrated (`None` without label-word scores).
+        """
         c = self.config
-        calibrate = self.calibration_helps(raw_scores, labels) if c.calibrate is None else c.calibrate
-        if c.zero_shot_weight is not None:
-            return float(c.zero_shot_weight), calibrate
-        weight, summary = select_zero_shot_weight(
-            hidden, self.zero_shot_scores(raw_scores, calibrate=calibrate), labels, c.zero_shot_weight_candidates,
-            lambda: self.new_head(hidden.shape[1]), c.steps, c.learning_rate, c.seed,
+        if steps is None:
+            steps = [c.steps] if c.steps is not None else c.steps_candidates
+        if raw_scores is None:  # no label-word scores (a plain encoder): the head alone
+            calibrate, scores, weights = None, None, [0.0]
+        else:
+            calibrate = self.calibration_helps(raw_scores, labels) if c.calibrate is None else c.calibrate
+            scores = self.zero_shot_scores(raw_scores, calibrate=calibrate)
+            weights = c.zero_shot_weight_candidates if c.zero_shot_weight is None else [c.zero_shot_weight]
+        include_prompt = scores is not None and c.zero_shot_weight is None
+        if len(set(weights)) == 1 and len(set(steps)) == 1 and not include_prompt:
+            self.cv_results = {}
+            return float(weights[0]), steps[0], calibrate  # nothing to choose
+        weight, chosen_steps, self.cv_results = cross_validate_head(
+            hidden, scores, labels, weights, steps, lambda: self.new_head(hidden.shape[1]), c.learning_rate, c.seed,
+            include_prompt=include_prompt,
         )  # fmt: skip
-        self.cv_results = {"calibrated" if calibrate else "uncalibrated": summary}
-        return weight, calibrate
+        return weight, chosen_steps, calibrate
 
     def calibration_helps(self, raw_scores: torch.Tensor, labels: torch.Tensor) -> bool:
         """Whether the calibrated prompt alone is clearly better than the uncalibrated one on the training cache.
@@ -263,22 +281,18 @@ class DecTModel(HubMixin):
         extracted = time.perf_counter()
         config = self.config
         config.hidden_size = hidden.shape[1]
-        if raw is None:
-            weight: float | str = 0.0  # no label-word scores (a plain encoder): the head alone
-            config.selected_calibrate = None
-        else:
-            weight, config.selected_calibrate = self.choose_prompt_scoring(hidden, raw, labels)
+        weight, steps, config.selected_calibrate = self.choose_head_settings(hidden, raw, labels)
+        config.selected_zero_shot_weight, config.selected_steps = weight, steps
         scores = None if raw is None else self.zero_shot_scores(raw)
-        config.selected_zero_shot_weight = weight
         self.head = self.new_head(hidden.shape[1])
         self.head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else weight)
-        train_head(self.head, hidden, scores, labels, config.steps, config.learning_rate)
+        train_head(self.head, hidden, scores, labels, steps, config.learning_rate)
         done = time.perf_counter()
         self.fit_seconds = {"extraction": extracted - start, "training": done - extracted, "total": done - start}
         logger.info(
-            "DecT fit on %d examples: %d backbone queries, zero-shot weight %s (calibrated: %s), %.1fs extraction, "
-            "%.2fs training",
-            len(labels), self.num_queries - queries_before, weight, config.selected_calibrate,
+            "DecT fit on %d examples: %d backbone queries, zero-shot weight %s (calibrated: %s), %d steps, "
+            "%.1fs extraction, %.2fs training",
+            len(labels), self.num_queries - queries_before, weight, config.selected_calibrate, steps,
             extracted - start, done - extracted,
         )  # fmt: skip
         return self
@@ -451,11 +465,12 @@ tags:
 
 A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbone
 `{c.base_model_name_or_path}` ({c.backbone_kind}): a {c.projection_dim}-dimensional prototype decoder over the
-backbone's hidden state at the answer slot, combined with calibrated label-word scores.
+backbone's hidden state at the answer slot, combined with the prompt's label-word scores.
 
 - Template: `{c.template}`
 - Classes and label words: {classes}
-- Zero-shot weight in use: `{c.selected_zero_shot_weight}`
+- Zero-shot weight in use: `{c.selected_zero_shot_weight}` (calibrated: `{c.selected_calibrate}`)
+- Training steps: `{c.selected_steps}`
 
 ## Usage
 
