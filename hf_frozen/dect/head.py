@@ -5,8 +5,9 @@
 `h` is the backbone's hidden state at the answer position, `z` the zero-shot label-word scores (calibrated if in use),
 `p_c` fixed xavier-uniform prototypes and `r_c` a radius initialised to the mean distance of class c's
 projected examples to their projected class mean (Cui et al., 2023, and their reference code). Training is
-full-batch Adam on cross-entropy over `s`. One departure: `h` is standardised per dimension with the
-training cache's statistics before the projection (`DecTHead.fit_statistics`).
+full-batch Adam on cross-entropy over `s`. Two departures: `h` is standardised per dimension with the
+training cache's statistics before the projection (`DecTHead.fit_statistics`), and lambda and the number of
+steps are chosen by cross-validation on the training cache (`cross_validate_head`) instead of fixed.
 """
 
 from __future__ import annotations
