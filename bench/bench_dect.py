@@ -116,14 +116,14 @@ def run_backbone_dataset(backbone_name: str, dataset_name: str, seeds: int) -> d
             "test_queries": len(split["test"]) + 1,
         }
     for k in SHOTS:
-        rows: dict[str, list] = {"dect": [], "probe": [], "dect_seconds": [], "probe_seconds": [], "weight": []}
+        rows: dict[str, list] = {"dect": [], "probe": [], "dect_seconds": [], "probe_seconds": [], "choice": []}
         for s in range(seeds):
             train = samples[(k, s)]
             train_queries = len(train) + (1 if test_scores is not None else 0)
             query_cost = train_queries * per_query
             dect.fit(train)
             rows["dect_seconds"].append(query_cost + dect.fit_seconds["total"])
-            rows["weight"].append(choice_label(dect.config.selected_zero_shot_weight, dect.config.selected_steps))
+            rows["choice"].append(choice_label(dect.config.selected_zero_shot_weight, dect.config.selected_steps))
             predicted = dect.decision_scores(split["test"]["text"]).argmax(1)
             rows["dect"].append(float((predicted == test_labels).float().mean()))
 
@@ -138,7 +138,7 @@ def run_backbone_dataset(backbone_name: str, dataset_name: str, seeds: int) -> d
             "dect_seconds": mean_std(rows["dect_seconds"]),
             "probe_seconds": mean_std(rows["probe_seconds"]),
             "dect_queries": 2 * k + (1 if test_scores is not None else 0),
-            "selected_weight_and_steps": rows["weight"],
+            "selected_weight_and_steps": rows["choice"],
             "per_seed": {"dect": rows["dect"], "probe": rows["probe"]},
         }
         result[f"{k}_shots"]["versus_probe"] = versus_probe(result[f"{k}_shots"])
@@ -253,7 +253,7 @@ def versus_probe(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def floors(results: dict[str, Any]) -> list[str]:
-    """The issue's accuracy floors, checked on this run's numbers (the time floor is in the prompt-tuning table)."""
+    """The issue's floors, checked on this run's numbers."""
     lines = ["**Floors, checked on this run**", "", "| run | shots/class | floor | DecT | reference | verdict |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for key, r in results["runs"].items():
@@ -272,7 +272,7 @@ def floors(results: dict[str, Any]) -> list[str]:
                              f"{prompt:.1%} | {verdict} |")  # fmt: skip
             v = cell["versus_probe"]
             lines.append(
-                f"| {key} | {k} | within noise of, or above, the probe | {cell['dect']['mean']:.1%} | "
+                f"| {key} | {k} | within noise of, or above, the probe | {dect:.1%} | "
                 f"{cell['probe']['mean']:.1%} (gap {100 * v['gap']:+.1f} ± {100 * v['standard_error']:.1f} points; "
                 f"paired ± {100 * v['paired_standard_error']:.1f}) | {v['verdict']} |"
             )

@@ -226,13 +226,9 @@ class DecTModel(HubMixin):
             calibrate = self.calibration_helps(raw_scores, labels) if c.calibrate is None else c.calibrate
             scores = self.zero_shot_scores(raw_scores, calibrate=calibrate)
             weights = c.zero_shot_weight_candidates if c.zero_shot_weight is None else [c.zero_shot_weight]
-        include_prompt = scores is not None and c.zero_shot_weight is None
-        if len(set(weights)) == 1 and len(set(steps)) == 1 and not include_prompt:
-            self.cv_results = {}
-            return float(weights[0]), steps[0], calibrate  # nothing to choose
         weight, chosen_steps, self.cv_results = cross_validate_head(
-            hidden, scores, labels, weights, steps, lambda: self.new_head(hidden.shape[1]), c.learning_rate, c.seed,
-            include_prompt=include_prompt,
+            hidden, scores, labels, weights, steps, self.new_head(hidden.shape[1]), c.learning_rate, c.seed,
+            include_prompt=c.zero_shot_weight is None,
         )  # fmt: skip
         return weight, chosen_steps, calibrate
 
