@@ -49,7 +49,7 @@ from offline_assets import (  # noqa: E402
 )
 
 from hf_frozen import DecTConfig, get_frozen_model  # noqa: E402
-from hf_frozen.dect.head import PROMPT_ONLY  # noqa: E402
+from hf_frozen.dect.selection import PROMPT_ONLY  # noqa: E402
 
 SMS_SPAM_PROMPT = dict(
     template="Message: {text}\nIs this SMS message spam or not spam? Answer with one word.{answer}",
@@ -123,7 +123,7 @@ def run_backbone_dataset(backbone_name: str, dataset_name: str, seeds: int) -> d
             query_cost = train_queries * per_query
             dect.fit(train)
             rows["dect_seconds"].append(query_cost + dect.fit_seconds["total"])
-            rows["choice"].append(choice_label(dect.config.selected_zero_shot_weight, dect.config.selected_steps))
+            rows["choice"].append(choice_label(dect.record.zero_shot_weight, dect.record.steps))
             predicted = dect.decision_scores(split["test"]["text"]).argmax(1)
             rows["dect"].append(float((predicted == test_labels).float().mean()))
 

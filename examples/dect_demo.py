@@ -70,9 +70,9 @@ def main() -> None:
 
     summary = {
         "accuracy": results,
-        "zero_shot_weight": dect.config.selected_zero_shot_weight,
-        "calibrated": dect.config.selected_calibrate,
-        "steps": dect.config.selected_steps,
+        "zero_shot_weight": dect.record.zero_shot_weight,
+        "calibrated": dect.record.calibrate,
+        "steps": dect.record.steps,
         "fit_seconds": dect.fit_seconds,
         "test_seconds": round(test_seconds, 2),
         "backbone_queries": dect.num_queries,

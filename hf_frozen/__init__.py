@@ -1,13 +1,12 @@
 """hf-frozen: frozen-decoder and DecT adapters for the Hugging Face Trainer ecosystem."""
 
-__version__ = "0.1.0"
-
-from .auto import AutoFrozenModel, get_frozen_model  # noqa: E402
-from .config import FrozenAdapterConfig  # noqa: E402
-from .data import mix_tasks, task_probabilities  # noqa: E402
-from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel  # noqa: E402
-from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel, MultiEncoderModel  # noqa: E402
-from .registry import register_adapter, registered_adapters  # noqa: E402
+from ._version import __version__
+from .auto import AutoFrozenModel, get_frozen_model
+from .config import FrozenAdapterConfig
+from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel
+from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel, MultiEncoderModel
+from .mixing import mix_tasks, task_probabilities
+from .registry import register_adapter, registered_adapters
 
 __all__ = [
     "AutoFrozenModel",

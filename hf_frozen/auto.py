@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from .config import CONFIG_NAME, FrozenAdapterConfig, read_config_dict
-from .hub import resolve_file
+from .config import CONFIG_NAME, FrozenAdapterConfig, read_json_object
 from .registry import get_adapter
+from .utils.hub import resolve_file
 
 
 def get_frozen_model(model: Any, config: FrozenAdapterConfig, **kwargs: Any) -> nn.Module:
@@ -59,7 +59,7 @@ class AutoFrozenModel:
             kwargs: passed to the adapter's `from_pretrained`.
         """
         path = resolve_file(path_or_repo_id, CONFIG_NAME, revision=revision, token=token)
-        adapter_type = read_config_dict(path).get("adapter_type")
+        adapter_type = read_json_object(path).get("adapter_type")
         if adapter_type is None:
             raise ValueError(f"{path} has no `adapter_type`: it was not written by hf-frozen.")
         model_class = get_adapter(adapter_type).model_class

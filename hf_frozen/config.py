@@ -1,7 +1,13 @@
-"""The base class of every hf-frozen adapter config: dict/JSON round trips, save/load, unknown-key policy.
+"""What every hf-frozen artifact is made of: a config, a record and a weights file, and how they are read.
 
-Follows PEFT's `PeftConfig` conventions (dataclass fields with `help` metadata, sorted JSON on disk), with
-its own file name so that hf-frozen artifacts are never mistaken for PEFT adapters.
+- The **config** (`hf_frozen_config.json`) holds the user's hyperparameters only. It follows PEFT's `PeftConfig`
+  conventions (dataclass fields with `help` metadata, sorted JSON on disk), under its own file name so that an
+  hf-frozen artifact is never mistaken for a PEFT adapter.
+- The **record** (`hf_frozen_record.json`) holds what applying or fitting the adapter learned: fingerprints of
+  the frozen model it needs, choices made by cross-validation. hf-frozen writes it; users never do.
+- The **weights** (`hf_frozen_model.safetensors`) hold the trained tensors, safetensors only.
+
+hf-frozen 0.1 wrote the record's fields into the config; such artifacts still load (`AdapterRecord.LEGACY_KEYS`).
 """
 
 from __future__ import annotations
@@ -14,15 +20,45 @@ from typing import Any, ClassVar, TypeVar
 
 from packaging.version import Version
 
-from . import __version__
-from .hub import resolve_file
-from .io import atomic_write_text
+from ._version import __version__
+from .utils.hub import resolve_file
+from .utils.io import atomic_write_text, load_tensors, save_tensors
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "hf_frozen_config.json"
+RECORD_NAME = "hf_frozen_record.json"
+WEIGHTS_NAME = "hf_frozen_model.safetensors"
 
 ConfigT = TypeVar("ConfigT", bound="FrozenAdapterConfig")
+
+
+def _to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+@dataclasses.dataclass
+class AdapterRecord:
+    """Base of each adapter's record: what applying or fitting it learned, written by hf-frozen beside the weights.
+
+    Subclasses are plain dataclasses whose fields all have defaults.
+    """
+
+    # Record field -> the key hf-frozen 0.1 wrote it under in the config, for artifacts that have no record file.
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {}
+
+    def to_json_string(self) -> str:
+        return _to_json({**dataclasses.asdict(self), "hf_frozen_version": __version__})
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `hf_frozen_record.json` into `save_directory`, atomically."""
+        atomic_write_text(os.path.join(save_directory, RECORD_NAME), self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterRecord:
+        """Keep the known fields; a record written by a newer hf-frozen may carry more, which this one ignores."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclasses.dataclass
@@ -38,6 +74,8 @@ class FrozenAdapterConfig:
 
     # Each subclass names its adapter type; it is written to disk so that `AutoFrozenModel` can dispatch.
     ADAPTER_TYPE: ClassVar[str] = ""
+    # The adapter's record class: the keys hf-frozen 0.1 wrote into configs for it are skipped when reading.
+    RECORD_CLASS: ClassVar[type[AdapterRecord]] = AdapterRecord
 
     base_model_name_or_path: str | None = dataclasses.field(
         default=None,
@@ -55,7 +93,7 @@ class FrozenAdapterConfig:
         return data
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return _to_json(self.to_dict())
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `hf_frozen_config.json` (sorted keys) into `save_directory`, atomically."""
@@ -70,7 +108,8 @@ class FrozenAdapterConfig:
         hf-frozen (forward compatibility, as in PEFT); in a file from this or an older version they are a typo
         and raise `ValueError`.
         """
-        data = dict(data)
+        moved = set(cls.RECORD_CLASS.LEGACY_KEYS.values())
+        data = {k: v for k, v in data.items() if k not in moved}
         adapter_type = data.pop("adapter_type", cls.ADAPTER_TYPE)
         if adapter_type != cls.ADAPTER_TYPE:
             raise ValueError(
@@ -78,8 +117,8 @@ class FrozenAdapterConfig:
                 "`hf_frozen.AutoFrozenModel.from_pretrained`, or with the config class of that adapter type."
             )
         written_by = data.pop("hf_frozen_version", None)
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
         if unknown:
             if written_by is not None and Version(written_by) > Version(__version__):
                 logger.warning(
@@ -94,13 +133,7 @@ class FrozenAdapterConfig:
                     f"Unknown field(s) {unknown} in {source} for `{cls.__name__}`. Known fields: {sorted(known)}. "
                     "Fix the spelling or remove the field."
                 )
-        init_kwargs = {k: v for k, v in data.items() if k in known and known[k].init}
-        config = cls(**init_kwargs)
-        # Fields set by hf-frozen itself (fingerprints, counts) are not constructor arguments.
-        for name, value in data.items():
-            if name in known and not known[name].init:
-                setattr(config, name, value)
-        return config
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_pretrained(
@@ -111,19 +144,57 @@ class FrozenAdapterConfig:
     ) -> ConfigT:
         """Load `hf_frozen_config.json` from a local folder or a Hub repository."""
         path = resolve_file(path_or_repo_id, CONFIG_NAME, revision=revision, token=token)
-        return cls.from_dict(read_config_dict(path), source=str(path))
+        return cls.from_dict(read_json_object(path), source=str(path))
 
 
-def read_config_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a config file, turning JSON errors into a message that names the file."""
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object, turning errors into a message that names the file."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it is not a usable hf-frozen config.") from err
+        raise ValueError(f"{path} is not valid JSON ({err}); it is not a usable hf-frozen file.") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: not an hf-frozen config.")
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: not an hf-frozen file.")
     return data
+
+
+def save_adapter_files(
+    save_directory: str | os.PathLike,
+    tensors: dict[str, Any],
+    config: FrozenAdapterConfig,
+    record: AdapterRecord,
+) -> None:
+    """Write an artifact: weights first, then record and config, each file atomically."""
+    save_tensors(tensors, os.path.join(save_directory, WEIGHTS_NAME), {"adapter_type": config.ADAPTER_TYPE})
+    record.save_pretrained(save_directory)
+    config.save_pretrained(save_directory)
+
+
+def load_adapter_files(
+    path_or_repo_id: str | os.PathLike,
+    config_class: type[FrozenAdapterConfig],
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Read an artifact's (config, record, weights) from a local folder or a Hub repository, the record as
+    `config_class.RECORD_CLASS`.
+
+    An artifact written by hf-frozen 0.1 has no record file: its record is read from the config's old keys.
+    """
+    config_path = resolve_file(path_or_repo_id, CONFIG_NAME, revision=revision, token=token)
+    config_dict = read_json_object(config_path)
+    config = config_class.from_dict(config_dict, source=str(config_path))
+    record_class = config_class.RECORD_CLASS
+    try:
+        record_dict = read_json_object(resolve_file(path_or_repo_id, RECORD_NAME, revision=revision, token=token))
+    except FileNotFoundError:
+        legacy = {field: config_dict[key] for field, key in record_class.LEGACY_KEYS.items() if key in config_dict}
+        if not legacy:
+            raise
+        record_dict = legacy
+    tensors = load_tensors(resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token))
+    return config, record_class.from_dict(record_dict), tensors
 
 
 def check_positive(config: Any, name: str, allow_zero: bool = False) -> None:

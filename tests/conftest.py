@@ -1,5 +1,17 @@
 import os
 
+import pytest
+
 # Tests never reach the Hub; a stray download attempt fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """A Trainer built with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED for good: no later test, nor a launch
+    it starts, may inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

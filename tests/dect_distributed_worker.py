@@ -15,9 +15,8 @@ from transformers import Trainer, TrainingArguments
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_frozen import DecTCallback, DecTCollator  # noqa: E402
-from hf_frozen.fingerprint import fingerprint_tensors  # noqa: E402
-from tests.test_dect import make  # noqa: E402
-from tests.tiny_dect import sentiment  # noqa: E402
+from hf_frozen.utils.fingerprint import fingerprint_tensors  # noqa: E402
+from tests.tiny_dect import make, sentiment  # noqa: E402
 
 
 def main(folder: str) -> None:

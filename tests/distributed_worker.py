@@ -16,11 +16,11 @@ from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, Seq2SeqTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import hf_frozen.frozen_decoder.model as frozen_model_module  # noqa: E402
+import hf_frozen.config as artifact_files_module  # noqa: E402
 from hf_frozen import FrozenDecoderCallback, FrozenDecoderConfig, get_frozen_model  # noqa: E402
-from hf_frozen.fingerprint import fingerprint_tensors  # noqa: E402
 from hf_frozen.frozen_decoder.callback import optimized_tensors  # noqa: E402
-from hf_frozen.zero3 import full_copies, full_numel  # noqa: E402
+from hf_frozen.utils.fingerprint import fingerprint_tensors  # noqa: E402
+from hf_frozen.utils.zero3 import full_copies, full_numel  # noqa: E402
 from tests.tiny_models import copy_task_dataset  # noqa: E402
 
 PROMPT = [[5, 17, 42, 8, 23, 61, 9, 30]]
@@ -56,13 +56,13 @@ def inner_optimizer_state_numel(optimizer) -> int:
 def count_artifact_writes() -> list[str]:
     """Record every encoder-artifact file this process writes (the real write still happens)."""
     written: list[str] = []
-    save = frozen_model_module.save_tensors
+    save = artifact_files_module.save_tensors
 
     def counting_save(tensors, path, *args, **kwargs):
         written.append(path)
         return save(tensors, path, *args, **kwargs)
 
-    frozen_model_module.save_tensors = counting_save
+    artifact_files_module.save_tensors = counting_save
     return written
 
 
@@ -79,14 +79,14 @@ def main() -> None:
 
     artifact_writes = count_artifact_writes()
     model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(worker_args.base), FrozenDecoderConfig())
-    decoder_before = full_copies(model._sides().decoder)
+    decoder_before = full_copies(model.decoder_tensors())
     encoder_before = fingerprint_tensors(model.encoder_state_dict())
     trainer = Seq2SeqTrainer(
         model=model, args=training_args, train_dataset=copy_task_dataset(), callbacks=[FrozenDecoderCallback()]
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    decoder_after = full_copies(model._sides().decoder)
+    decoder_after = full_copies(model.decoder_tensors())
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     with torch.no_grad():  # every process generates (under ZeRO-3 they gather weights for each other)

@@ -18,12 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, get_frozen_model
-from hf_frozen.fingerprint import fingerprint_tensors
-from hf_frozen.frozen_decoder.model import WEIGHTS_NAME
+from hf_frozen import AutoFrozenModel
+from hf_frozen.config import WEIGHTS_NAME
+from hf_frozen.utils.fingerprint import fingerprint_tensors
 
 from .tiny_models import tiny_model
-from .trainer_utils import make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "examples" / "deepspeed"
@@ -97,15 +96,6 @@ def generate_in_fresh_process(artifact: Path, prompt: list[list[int]]) -> list[l
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(autouse=True)
-def restore_environment():
-    """A Trainer built with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED for good; launches must not inherit it."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("base") / "t5"
@@ -157,55 +147,11 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
         assert max((ends[0][k] - middle[k]).abs().max().item() for k in middle) > 1e-3
 
 
-# -- bad input: DeepSpeed configs that would change the decoder are refused before training starts ----------------
-
-
-def ds_config(**sections) -> dict:
-    config = {"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
-              "zero_optimization": {"stage": 2}}  # fmt: skip
-    config.update(sections)
-    return config
-
-
-@pytest.mark.parametrize("key", ["bf16", "fp16"])
-def test_half_precision_config_refused_for_fp32_decoder(key, tmp_path):
-    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
-    with pytest.raises(ValueError, match=rf"`{key}\.enabled` is true.*load the base model in"):
-        make_trainer(model, str(tmp_path), deepspeed=ds_config(**{key: {"enabled": True}}), use_cpu=False)
-
-
-def test_half_precision_config_accepted_when_decoder_already_half(tmp_path):
-    model = get_frozen_model(tiny_model("t5").to(torch.bfloat16), FrozenDecoderConfig())
-    trainer = make_trainer(model, str(tmp_path), deepspeed=ds_config(bf16={"enabled": True}), use_cpu=False)
-    assert trainer.args.hf_deepspeed_config.config["bf16"]["enabled"] is True
-
-
-def test_gather_on_save_refused_under_zero3():
-    from hf_frozen.frozen_decoder.deepspeed_config import check_deepspeed_config
-
-    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
-    config = ds_config(zero_optimization={"stage": 3, "stage3_gather_16bit_weights_on_model_save": True})
-    with pytest.raises(ValueError, match=r"zero_optimization\.stage3_gather_16bit_weights_on_model_save"):
-        check_deepspeed_config(config, model)
-    config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
-    check_deepspeed_config(config, model)
-
-
-def test_compression_training_refused():
-    from hf_frozen.frozen_decoder.deepspeed_config import check_deepspeed_config
-
-    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
-    config = ds_config(compression_training={"weight_quantization": {"shared_parameters": {"enabled": True}}})
-    with pytest.raises(ValueError, match=r"compression_training\.weight_quantization\.shared_parameters\.enabled"):
-        check_deepspeed_config(config, model)
-
-
 # -- DecT: the backbone queries are shared among the processes ----------------------------------------------------
 
 
 def test_dect_extraction_split_across_processes(tmp_path):
-    from .test_dect import make
-    from .tiny_dect import sentiment
+    from .tiny_dect import make, sentiment
 
     port = str(free_port())
     worker = Path(__file__).resolve().parent / "dect_distributed_worker.py"

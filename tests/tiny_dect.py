@@ -18,16 +18,18 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from hf_frozen import DecTConfig, get_frozen_model
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE, NEGATIVE = ["great", "good", "superb"], ["terrible", "bad", "awful"]
 NEUTRAL = ["the", "film", "movie", "plot", "acting", "was", "is", "it", "a", "and", "story", "cast", "music", "very"]
-WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["review", "sentiment", ":", "."]
+VOCABULARY = POSITIVE + NEGATIVE + NEUTRAL + ["review", "sentiment", ":", "."]
 
 
 def tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    vocab = {w: i for i, w in enumerate(SPECIALS + VOCABULARY)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     backend.post_processor = processors.TemplateProcessing(
@@ -39,7 +41,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-V = len(SPECIALS) + len(WORDS)
+V = len(SPECIALS) + len(VOCABULARY)
 _BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
              max_position_embeddings=64, pad_token_id=0)  # fmt: skip
 
@@ -91,3 +93,19 @@ class ClusterAPI:
         hidden = self.centers[labels] + self.rng.normal(size=(len(prompts), self.centers.shape[1]))
         scores = self.rng.normal(size=(len(prompts), len(label_words)))
         return hidden, scores
+
+
+TEMPLATE = "review : {text} . sentiment : {answer} ."
+WORDS = ["terrible|bad", "great|good"]
+
+
+def make(kind, **overrides):
+    """A DecT model on a tiny backbone of `kind` (or the `ClusterAPI` callable), progress bars off."""
+    config = DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, "labels": ["neg", "pos"], "batch_size": 4,
+                           **overrides})  # fmt: skip
+    if kind == "callable":
+        dect = get_frozen_model(ClusterAPI(), config, backbone_name="cluster-api-v1")
+    else:
+        dect = get_frozen_model(backbone(kind), config, tokenizer=tokenizer())
+    dect.show_progress = False
+    return dect

@@ -5,7 +5,8 @@ from .callback import DecTCallback, DecTCollator
 from .config import DecTConfig
 from .head import DecTHead
 from .model import DecTModel
+from .record import DecTRecord
 
 register_adapter(DecTConfig, DecTModel)
 
-__all__ = ["DecTCallback", "DecTCollator", "DecTConfig", "DecTHead", "DecTModel"]
+__all__ = ["DecTCallback", "DecTCollator", "DecTConfig", "DecTHead", "DecTModel", "DecTRecord"]

@@ -17,18 +17,36 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DynamicCache,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     MODEL_MAPPING_NAMES,
 )
 
-from ..fingerprint import fingerprint_tensors
+from ..utils.fingerprint import fingerprint_tensors
 from .config import DecTConfig
 from .prompt import PromptTemplate
 
 BACKBONE_KINDS = ("masked_lm", "causal_lm", "seq2seq_lm", "encoder", "callable")
+# How each kind of transformers backbone is loaded.
+AUTO_CLASSES = {
+    "masked_lm": AutoModelForMaskedLM,
+    "causal_lm": AutoModelForCausalLM,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
+    "encoder": AutoModel,
+}
 
 
 class Backbone(Protocol):
@@ -63,6 +81,38 @@ def detect_kind(model: Any) -> str:
         f"DecT cannot query {name}: load the backbone as a masked LM (`AutoModelForMaskedLM`), causal LM "
         "(`AutoModelForCausalLM`), seq2seq LM (`AutoModelForSeq2SeqLM`) or plain encoder (`AutoModel`)."
     )
+
+
+def kind_from_config(config: PretrainedConfig) -> str:
+    """The backbone kind a model's config describes, for loading it before any weights are read.
+
+    Its `architectures` decide; a config without them (a converted or hand-written one) falls back on its
+    `model_type`: masked LM if transformers has a masked-LM class for it, else causal LM if it has a causal-LM
+    class, else a plain encoder.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq_lm"
+    architectures = " ".join(getattr(config, "architectures", None) or [])
+    if architectures:
+        if "MaskedLM" in architectures:
+            return "masked_lm"
+        if "CausalLM" in architectures or "LMHeadModel" in architectures:
+            return "causal_lm"
+        return "encoder"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked_lm"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal_lm"
+    return "encoder"
+
+
+def load_backbone(name_or_path: str, kind: str = "auto", **kwargs: Any) -> tuple[PreTrainedModel, Any]:
+    """(model, tokenizer) from a Hub id or folder, loaded as `kind` (`"auto"`: as its config describes)."""
+    if kind == "auto":
+        kind = kind_from_config(AutoConfig.from_pretrained(name_or_path))
+    if kind not in AUTO_CLASSES:
+        raise ValueError(f"Backbone kind must be one of {sorted(AUTO_CLASSES)} or 'auto', got {kind!r}.")
+    return AUTO_CLASSES[kind].from_pretrained(name_or_path, **kwargs), AutoTokenizer.from_pretrained(name_or_path)
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, label_words: list[list[str]]) -> list[list[int]]:

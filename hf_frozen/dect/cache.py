@@ -1,5 +1,9 @@
 """The query cache: one backbone query per example, ever, and never a stale or foreign answer.
 
+`CachedQueries` answers (text, text pair) inputs from the cache and queries the backbone for the rest, in
+length-sorted batches; in a distributed run (torchrun, accelerate, DeepSpeed) the processes share those
+queries out and gather every answer to every process, so each example is still queried once overall.
+
 Each entry is keyed by a SHA-256 of everything that determines the answer: the backbone's fingerprint, the
 prompt settings (template, chat template, label-word tokens, pooling, length limit) and the example's text.
 The reference implementation keyed its cache by model and dataset name and re-aligned it by batch order, so a
@@ -16,18 +20,40 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
+from .backbones import Backbone
+from .config import DecTConfig
 
 logger = logging.getLogger(__name__)
 
 Entry = tuple[np.ndarray, np.ndarray | None]
+Inputs = dict[str, tuple[str, str | None]]  # cache key -> (text, text pair)
+T = TypeVar("T")
+
+
+def query_settings(config: DecTConfig) -> dict[str, Any]:
+    """Everything besides backbone and text that changes a query's answer: part of every cache key.
+
+    (Head settings such as `standardize_hidden` do not change a query's answer.)
+    """
+    return {
+        "template": config.template,
+        "label_words": config.label_words,
+        "chat_template": config.chat_template,
+        "response_prefix": config.response_prefix,
+        "hidden_pooling": config.hidden_pooling,
+        "max_length": config.max_length,
+    }
 
 
 def entry_key(backbone_fingerprint: str, settings: dict[str, Any], text: str, text_pair: str | None) -> str:
@@ -101,3 +127,102 @@ class QueryCache:
             tensors["scores"] = torch.from_numpy(scores)
         metadata = {"key": key, "checksum": _checksum(hidden, scores)}
         atomic_write(self._path(key), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+class CachedQueries:
+    """A backbone behind a `QueryCache`: hidden states and label-word scores, each example queried once.
+
+    Args:
+        backbone: what answers the queries.
+        config ([`DecTConfig`]): the prompt settings (part of every key), `batch_size` and `cache_dir`.
+    """
+
+    def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
+        self.backbone = backbone
+        self.settings = query_settings(config)
+        self.batch_size = config.batch_size
+        self.cache = QueryCache(config.cache_dir)
+        self.num_queries = 0  # backbone queries made: one per uncached example
+        self.show_progress = True
+
+    def extract(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str | None] | None = None,
+        split_across_processes: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (N, d) and raw label-word scores (N, C) or None, querying only uncached examples.
+
+        Args:
+            split_across_processes (`bool`, defaults to `False`): in a distributed run, share the uncached examples
+                among the processes and gather every answer to every process, so that each example is queried
+                once overall. Every process must then call this together.
+        """
+        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+        keys = [entry_key(self.backbone.fingerprint, self.settings, t, p) for t, p in zip(texts, pairs, strict=True)]
+        entries: dict[str, Entry] = {}
+        missing: Inputs = {}
+        for key, text, pair in zip(keys, texts, pairs, strict=True):
+            if key in entries or key in missing:
+                continue
+            found = self.cache.get(key)
+            if found is None:
+                missing[key] = (text, pair)
+            else:
+                entries[key] = found
+        rank, world_size = rank_and_world_size()
+        if split_across_processes and world_size > 1:
+            entries.update(self._query_shared(missing, rank, world_size))
+        elif missing:
+            entries.update(self._query(missing))
+        hidden = torch.from_numpy(np.stack([entries[k][0] for k in keys]))
+        has_scores = entries[keys[0]][1] is not None
+        scores = torch.from_numpy(np.stack([entries[k][1] for k in keys])) if has_scores else None
+        return hidden, scores
+
+    def _query_shared(self, missing: Inputs, rank: int, world_size: int) -> dict[str, Entry]:
+        """Decided together, so that each example is queried once, by one process, and all get the answers."""
+        missing = union_across_processes(missing)
+        order = sorted(missing, key=lambda k: (len(missing[k][0]) + len(missing[k][1] or ""), k))
+        share = order[rank::world_size]  # sorted by length, so each share gets long and short inputs alike
+        answers = {k: entry for k in share if (entry := self.cache.get(k)) is not None}  # cached here only
+        answers.update(self._query({k: missing[k] for k in share if k not in answers}))
+        gathered = union_across_processes(answers)
+        for key, entry in gathered.items():
+            if key not in answers:
+                self.cache.put(key, *entry, persist=False)  # the process that queried it stored it
+        return gathered
+
+    def _query(self, inputs: Inputs) -> dict[str, Entry]:
+        """Query the backbone for `inputs`, caching each answer as soon as its batch returns."""
+        answers = {}
+        # Input length in characters orders prompts well enough to keep padding small, without tokenizing every
+        # prompt an extra time just to sort.
+        todo = sorted(inputs, key=lambda k: len(inputs[k][0]) + len(inputs[k][1] or ""))
+        batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        bar = tqdm(batches, desc="DecT: querying the backbone", unit="batch", disable=not self.show_progress)
+        for batch in bar:
+            hidden, scores = self.backbone.query([inputs[k] for k in batch])
+            self.num_queries += len(batch)
+            for row, key in enumerate(batch):
+                entry = (hidden[row], None if scores is None else scores[row])
+                self.cache.put(key, *entry)
+                answers[key] = entry
+        return answers
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes), or (0, 1) outside a distributed run."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def union_across_processes(items: dict[str, T]) -> dict[str, T]:
+    """The union of every process's `items`. A collective: all processes must call it."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    union: dict[str, T] = {}
+    for part in gathered:
+        union.update(part)
+    return union

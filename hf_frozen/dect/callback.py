@@ -2,8 +2,8 @@
 
 The Trainer's model is the head itself (`dect.new_head()`); `DecTCollator` turns raw rows into cached
 features (querying the backbone only for rows never seen); `DecTCallback` queries the whole training set once,
-in length-sorted batches, before the first step, initialises the radii, picks the zero-shot weight, and hands
-the trained head back to the `DecTModel` at the end. Every later epoch reads the cache.
+in length-sorted batches, before the first step, and sets the head up as `fit` does (`DecTModel.prepare_head`);
+at the end it hands the trained head back (`DecTModel.use_head`). Every later epoch reads the cache.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .head import PROMPT_ONLY, DecTHead
+from .head import DecTHead
 from .model import DecTModel
 
 logger = logging.getLogger(__name__)
@@ -74,31 +74,18 @@ class DecTCallback(TrainerCallback):
         self.queries_at_start = self.dect.num_queries
         # One batched, length-sorted pass over the training set, shared among the processes of a distributed run;
         # the collator then only reads the cache.
-        texts, pairs, labels = self.dect._read(self.dect._require_labels(loader.dataset), need_labels=True)
-        hidden, raw = self.dect.extract_for_training(texts, pairs, split_across_processes=args.world_size > 1)
-        if hidden.shape[1] != head.projection.in_features:
-            raise ValueError(
-                f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
-            )
-        config = self.dect.config
+        hidden, raw, labels = self.dect.training_features(loader.dataset, split_across_processes=args.world_size > 1)
         # The Trainer sets the steps; cross-validation picks the weight at the configured (or largest) count.
-        steps = [config.steps or max(config.steps_candidates)]
-        weight, _, config.selected_calibrate = self.dect.choose_head_settings(hidden, raw, labels, steps=steps)
-        config.selected_zero_shot_weight = weight
-        head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
-        head.fit_statistics(hidden)
-        head.init_radius(hidden, labels)
+        config = self.dect.config
+        self.dect.prepare_head(head, hidden, raw, labels, steps=[config.steps or max(config.steps_candidates)])
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        head = kwargs.get("model")
-        self.dect.head = head.eval()
-        self.dect.config.hidden_size = head.projection.in_features
-        self.dect.config.selected_steps = state.global_step
+        self.dect.use_head(kwargs.get("model"), steps=state.global_step)
         if state.is_world_process_zero:
             logger.info(
                 "DecT head trained in the Trainer: %d backbone queries, zero-shot weight %s",
                 self.dect.num_queries - self.queries_at_start,
-                self.dect.config.selected_zero_shot_weight,
+                self.dect.record.zero_shot_weight,
             )

@@ -1,4 +1,7 @@
-"""`DecTConfig`: the prompt, the label words and the prototype decoder of Decoder Tuning (Cui et al., ACL 2023)."""
+"""`DecTConfig`: the prompt, the label words and the prototype decoder of Decoder Tuning (Cui et al., ACL 2023).
+
+Hyperparameters only: what fitting chooses (weight, steps, calibration) is kept in `DecTRecord` (`record.py`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import dataclasses
 import string
 
 from ..config import FrozenAdapterConfig, check_positive
+from .record import DecTRecord
 
 
 @dataclasses.dataclass
@@ -61,6 +65,7 @@ class DecTConfig(FrozenAdapterConfig):
     """
 
     ADAPTER_TYPE = "dect"
+    RECORD_CLASS = DecTRecord
 
     template: str = dataclasses.field(
         default="{text} It was {answer}.",
@@ -132,23 +137,6 @@ class DecTConfig(FrozenAdapterConfig):
         default=None, metadata={"help": "Folder for the on-disk query cache (unset: in memory only)."}
     )
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prototypes, projection and CV folds."})
-    # Written by hf-frozen when the head is fitted, never by users (not constructor arguments).
-    backbone_kind: str | None = dataclasses.field(
-        default=None, init=False, metadata={"help": "masked_lm, causal_lm, seq2seq_lm, encoder or callable."}
-    )
-    backbone_fingerprint: str | None = dataclasses.field(
-        default=None, init=False, metadata={"help": "SHA-256 of the backbone's weights and tokenizer."}
-    )
-    hidden_size: int | None = dataclasses.field(default=None, init=False, metadata={"help": "Size of h."})
-    selected_zero_shot_weight: float | str | None = dataclasses.field(
-        default=None, init=False, metadata={"help": "The weight in use: a number, or 'prompt_only'."}
-    )
-    selected_steps: int | None = dataclasses.field(
-        default=None, init=False, metadata={"help": "The optimizer steps the head was trained for."}
-    )
-    selected_calibrate: bool | None = dataclasses.field(
-        default=None, init=False, metadata={"help": "Whether the zero-shot scores in use are calibrated."}
-    )
 
     def __post_init__(self) -> None:
         self.label_words = _normalize_label_words(self.label_words)

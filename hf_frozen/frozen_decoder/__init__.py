@@ -5,7 +5,9 @@ from .callback import FrozenDecoderCallback
 from .config import FrozenDecoderConfig
 from .model import FrozenDecoderModel
 from .multi_encoder import MultiEncoderModel
+from .record import FrozenDecoderRecord
 
 register_adapter(FrozenDecoderConfig, FrozenDecoderModel)
 
-__all__ = ["FrozenDecoderCallback", "FrozenDecoderConfig", "FrozenDecoderModel", "MultiEncoderModel"]
+__all__ = ["FrozenDecoderCallback", "FrozenDecoderConfig", "FrozenDecoderModel", "FrozenDecoderRecord",
+           "MultiEncoderModel"]  # fmt: skip

@@ -1,4 +1,8 @@
-"""`FrozenDecoderCallback`: guards the frozen decoder inside a user's own `Trainer` and saves encoder artifacts."""
+"""`FrozenDecoderCallback`: guards the frozen decoder inside a user's own `Trainer` and saves encoder artifacts.
+
+It serves both frozen-decoder models: a `FrozenDecoderModel` (one artifact per checkpoint) and a
+`MultiEncoderModel.for_training` (one artifact per task, in `checkpoint-*/<task>/`).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,20 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .base import FrozenDecoderBase
 from .deepspeed_config import check_deepspeed_config, deepspeed_config_of
-from .model import FrozenDecoderModel
 
 logger = logging.getLogger(__name__)
 
 
-def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderModel:
-    """Find the `FrozenDecoderModel` inside DDP / DeepSpeed / compile wrappers."""
+def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderBase:
+    """Find the `FrozenDecoderModel` or `MultiEncoderModel` inside DDP / DeepSpeed / compile wrappers."""
     current = model
-    while current is not None and not isinstance(current, FrozenDecoderModel):
+    while current is not None and not isinstance(current, FrozenDecoderBase):
         current = getattr(current, "module", None) or getattr(current, "_orig_mod", None)
     if current is None:
         raise TypeError(
-            f"FrozenDecoderCallback needs the Trainer's model to be a FrozenDecoderModel, got "
+            f"FrozenDecoderCallback needs the Trainer's model to be a FrozenDecoderModel or MultiEncoderModel, got "
             f"{type(model).__name__}. Wrap it first: "
             "`model = hf_frozen.get_frozen_model(model, FrozenDecoderConfig())`."
         )
@@ -50,8 +54,8 @@ class FrozenDecoderCallback(TrainerCallback):
     """Checks the freeze when training starts and ends, and writes the encoder-only artifact with each checkpoint.
 
     Args:
-        save_artifact_with_checkpoints (`bool`, defaults to `True`): write `hf_frozen_config.json` and
-            `hf_frozen_model.safetensors` into every `checkpoint-*` folder, so each checkpoint is also a small
+        save_artifact_with_checkpoints (`bool`, defaults to `True`): write the encoder artifact (config, record
+            and weights) into every `checkpoint-*` folder, so each checkpoint is also a small
             loadable task encoder.
 
     Example:
@@ -92,7 +96,7 @@ class FrozenDecoderCallback(TrainerCallback):
                 f"{n_trainable:,d}",
                 f"{n_total:,d}",
                 100 * n_trainable / n_total,
-                model.frozen_config.decoder_fingerprint[:16],
+                model.expected_decoder_fingerprint[:16],
             )
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

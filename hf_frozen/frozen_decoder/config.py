@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from ..config import FrozenAdapterConfig, check_choice, check_positive
+from .record import FrozenDecoderRecord
 
 ENCODER_TRAINING_MODES = ("full", "lora")
 
@@ -32,6 +33,7 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
     """
 
     ADAPTER_TYPE = "frozen_decoder"
+    RECORD_CLASS = FrozenDecoderRecord
 
     encoder_training: Literal["full", "lora"] = dataclasses.field(
         default="full",
@@ -57,18 +59,6 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
             "help": "Encoder linear layers to adapt with LoRA; unset picks the attention query and value "
             "projections (q/v for T5-style models, q_proj/v_proj for BART-style ones)."
         },
-    )
-    # Written by hf-frozen when the adapter is applied, never by users; not constructor arguments, so they
-    # stay out of HfArgumentParser's command line.
-    decoder_fingerprint: str | None = dataclasses.field(
-        default=None,
-        init=False,
-        metadata={"help": "SHA-256 of every decoder-side tensor of the base model (set by hf-frozen)."},
-    )
-    frozen_encoder_fingerprint: str | None = dataclasses.field(
-        default=None,
-        init=False,
-        metadata={"help": "SHA-256 of the frozen encoder-side tensors the artifact relies on (set by hf-frozen)."},
     )
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .model import FrozenDecoderModel
+from .base import FrozenDecoderBase
 
 _HALF_PRECISION = (("fp16", torch.float16), ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16))
 
@@ -33,9 +33,9 @@ def deepspeed_config_of(args: Any) -> Mapping[str, Any] | None:
     return getattr(plugin, "deepspeed_config", None)
 
 
-def check_deepspeed_config(config: Mapping[str, Any], model: FrozenDecoderModel) -> None:
+def check_deepspeed_config(config: Mapping[str, Any], model: FrozenDecoderBase) -> None:
     """Raise a `ValueError` naming the key if DeepSpeed would change the frozen decoder under `config`."""
-    decoder_dtypes = {t.dtype for t in model._sides().decoder.values() if t.is_floating_point()}
+    decoder_dtypes = {t.dtype for t in model.decoder_tensors().values() if t.is_floating_point()}
     for key, dtype in _HALF_PRECISION:
         enabled = (config.get(key) or {}).get("enabled", False)
         # "auto" is resolved from the TrainingArguments later (`--bf16` / `--fp16`); the Trainer fills it in
@@ -52,11 +52,12 @@ def check_deepspeed_config(config: Mapping[str, Any], model: FrozenDecoderModel)
             )
     zero = config.get("zero_optimization") or {}
     gather_key = "stage3_gather_16bit_weights_on_model_save"
-    if zero.get("stage") == 3 and zero.get(gather_key) is True and model._aliases:
+    aliases = model.tensor_aliases()
+    if zero.get("stage") == 3 and zero.get(gather_key) is True and aliases:
         raise ValueError(
             f"DeepSpeed config key `zero_optimization.{gather_key}` is true: the Trainer would then save a "
             "consolidated copy of the whole model whose tied tensors (e.g. "
-            f"{sorted(model._aliases)[0].removeprefix('base_model.')!r}) share memory, which safetensors refuses, "
+            f"{sorted(aliases)[0].removeprefix('base_model.')!r}) share memory, which safetensors refuses, "
             "and the run would fail at its first checkpoint. Set it to false (for `accelerate launch`: "
             "`zero3_save_16bit_model: false`): every checkpoint still holds DeepSpeed's state for resuming and "
             "the gathered encoder-only artifact that `FrozenDecoderCallback` writes."

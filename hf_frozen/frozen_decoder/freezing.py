@@ -1,4 +1,5 @@
-"""Applying the freeze: which encoder weights train, a private encoder embedding, LoRA on the encoder only."""
+"""Applying the freeze, for both frozen-decoder models: which encoder weights train, a private encoder
+embedding, LoRA on the encoder only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..zero3 import gathered
+from ..utils.zero3 import gathered
 from .config import FrozenDecoderConfig
 from .sides import split_sides
 
@@ -34,39 +35,52 @@ def check_encoder_decoder(model: nn.Module) -> None:
         )
 
 
-def freeze_all_but_encoder(model: PreTrainedModel, encoder_prefix: str, config: FrozenDecoderConfig) -> None:
-    """Leave only the encoder side trainable, as `config` asks. Mutates `model` in place, as PEFT does."""
+def trainable_encoder_names(model: PreTrainedModel, encoder_prefix: str, config: FrozenDecoderConfig) -> set[str]:
+    """The one rule for what trains: names, inside the encoder, of the existing tensors that `config` trains.
+
+    Full training trains every encoder-side weight that was trainable when we got the model (a tensor tied to the
+    decoder, such as the shared embedding, is decoder side and never trains; fixed sinusoidal positions stay
+    fixed). The input embedding trains only with `train_encoder_embeddings`, as a private copy (the caller makes
+    it). With LoRA, no existing tensor trains but that embedding: `apply_encoder_training` adds the LoRA weights.
+    Call it before anything is frozen.
+    """
     encoder = model.get_encoder()
-    # Respect weights that were frozen before we got the model (for example fixed sinusoidal positions).
-    originally_trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    model.requires_grad_(False)
-
-    if config.train_encoder_embeddings:
-        give_encoder_own_embeddings(model, encoder_prefix)
     embedding = encoder.get_input_embeddings()
-
-    if config.encoder_training == "lora":
-        # Recorded in the config, so that loading rebuilds exactly these layers.
-        config.lora_target_modules = config.lora_target_modules or default_lora_targets(encoder)
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-        )
-        inject_adapter_in_model(lora, encoder)
-        for name, param in encoder.named_parameters():
-            param.requires_grad_("lora_" in name)
-    else:
-        # Encoder side only: a tensor tied to the decoder (the shared embedding) is decoder side and stays frozen.
-        for param in split_sides(model, encoder_prefix).encoder.values():
-            if id(param) in originally_trainable:
-                param.requires_grad_(True)
-        if not config.train_encoder_embeddings and embedding is not None:
-            embedding.requires_grad_(False)
-
+    named = list(encoder.named_parameters(remove_duplicate=False))
+    embedding_names = {n for n, p in named if embedding is not None and p is embedding.weight}
+    names: set[str] = set()
+    if config.encoder_training == "full":
+        encoder_side = {id(t) for t in split_sides(model, encoder_prefix).encoder.values()}
+        names = {n for n, p in named if id(p) in encoder_side and p.requires_grad} - embedding_names
     if config.train_encoder_embeddings:
-        embedding.requires_grad_(True)
+        names |= embedding_names
+    return names
+
+
+def apply_encoder_training(encoder: nn.Module, trainable: set[str], config: FrozenDecoderConfig) -> None:
+    """Inject LoRA when `config` asks for it, then make exactly `trainable` (and LoRA's weights) trainable.
+
+    `config.lora_target_modules` must be resolved already (`resolve_lora_targets`).
+    """
+    if config.encoder_training == "lora":
+        inject_adapter_in_model(lora_config(config), encoder)
+    for name, param in encoder.named_parameters():
+        param.requires_grad_(name in trainable or "lora_" in name)
+
+
+def resolve_lora_targets(encoder: nn.Module, config: FrozenDecoderConfig) -> None:
+    """Record the LoRA target modules in `config` (the default ones if unset), so that loading rebuilds them."""
+    if config.encoder_training == "lora":
+        config.lora_target_modules = config.lora_target_modules or default_lora_targets(encoder)
+
+
+def lora_config(config: FrozenDecoderConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
 
 
 def give_encoder_own_embeddings(model: PreTrainedModel, encoder_prefix: str) -> None:

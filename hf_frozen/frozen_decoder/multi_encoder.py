@@ -15,21 +15,26 @@ from itertools import chain
 from typing import Any
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..fingerprint import fingerprint_tensors
-from ..hub import resolve_file
-from ..io import load_tensors, save_tensors
+from .artifact import (
+    check_fingerprints,
+    copy_artifact_tensors,
+    frozen_encoder_fingerprint,
+    load_encoder_artifact,
+    save_encoder_artifact,
+)
+from .base import FrozenDecoderBase
 from .config import FrozenDecoderConfig
-from .freezing import check_encoder_decoder
-from .model import WEIGHTS_NAME, copy_artifact_tensors
-from .sides import module_prefix, split_sides
+from .freezing import apply_encoder_training, resolve_lora_targets, trainable_encoder_names
+from .model import FrozenDecoderModel
+from .record import FrozenDecoderRecord
+from .sides import module_prefix
 
 
-class MultiEncoderModel(nn.Module):
+class MultiEncoderModel(FrozenDecoderBase):
     """Serve many task encoders on one frozen decoder.
 
     Args:
@@ -43,15 +48,11 @@ class MultiEncoderModel(nn.Module):
     """
 
     def __init__(self, base_model: PreTrainedModel) -> None:
-        super().__init__()
-        check_encoder_decoder(base_model)
-        self.base_model = base_model.eval().requires_grad_(False)
-        self.encoder_prefix = module_prefix(base_model, base_model.get_encoder())
-        sides = split_sides(base_model, self.encoder_prefix)
-        self.decoder_fingerprint = fingerprint_tensors(sides.decoder)
-        self._decoder_ids = {id(t) for t in sides.decoder.values()}
+        super().__init__(base_model)
+        base_model.eval().requires_grad_(False)
         self.encoders = nn.ModuleDict()
         self.task_configs: dict[str, FrozenDecoderConfig] = {}
+        self.task_records: dict[str, FrozenDecoderRecord] = {}
 
     @classmethod
     def from_pretrained(
@@ -86,90 +87,79 @@ class MultiEncoderModel(nn.Module):
             raise ValueError(f"A task name must be a non-empty string, got {name!r}.")
         if name in self.encoders and not replace:
             raise ValueError(f"Task {name!r} already exists: pass `replace=True` to swap its encoder.")
-        if isinstance(artifact, nn.Module) and hasattr(artifact, "encoder_state_dict"):
-            config, tensors, source = artifact.frozen_config, artifact.encoder_state_dict(), f"the model for {name!r}"
+        if isinstance(artifact, FrozenDecoderModel):
+            config, record, tensors = artifact.frozen_config, artifact.record, artifact.encoder_state_dict()
+            source = f"the model for {name!r}"
         else:
             source = str(artifact)
-            config = FrozenDecoderConfig.from_pretrained(artifact, revision=revision, token=token)
-            tensors = load_tensors(resolve_file(artifact, WEIGHTS_NAME, revision=revision, token=token))
-        if config.decoder_fingerprint != self.decoder_fingerprint:
-            raise ValueError(
-                f"Task {name!r}: the encoder in {source} was trained against another decoder (fingerprint "
-                f"{str(config.decoder_fingerprint)[:16]}..., this base has {self.decoder_fingerprint[:16]}...; its "
-                f"recorded base is {config.base_model_name_or_path!r}). Serve it with that base model."
-            )
-        encoder = self._build_encoder(name, config, tensors, source)
+            config, record, tensors = load_encoder_artifact(artifact, revision=revision, token=token)
+        # The artifact's tensors are the task's own; every other encoder tensor is the base model's, shared.
+        own = {k.removeprefix(self.encoder_prefix) for k in tensors if k.startswith(self.encoder_prefix)}
+        encoder = self._copy_encoder(config, own, trainable=set()).requires_grad_(False).eval()
+        base_name = getattr(self.base_model.config, "_name_or_path", "") or type(self.base_model).__name__
+        check_fingerprints(record, self._record_of(encoder), f"Task {name!r}: the encoder in {source}", base_name,
+                           config.base_model_name_or_path)  # fmt: skip
+        outside = sorted(k for k in tensors if not k.startswith(self.encoder_prefix))
+        if outside:
+            raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
+        copy_artifact_tensors(self._own_tensors(encoder), tensors, f"{source} (task {name!r})")
         # Built completely before it replaces anything: a failure leaves the served tasks as they were.
         self.encoders[name] = encoder
         self.task_configs[name] = copy.deepcopy(config)
+        self.task_records[name] = copy.deepcopy(record)
 
     def remove_task(self, name: str) -> None:
         self._check_tasks([name])
         del self.encoders[name]
         del self.task_configs[name]
+        del self.task_records[name]
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Each task with the size of what it adds: parameters and bytes private to its encoder."""
-        shared = {id(t) for t in chain(self.base_model.parameters(), self.base_model.buffers())}
         listing = {}
         for name, encoder in self.encoders.items():
-            private = {id(t): t for t in chain(encoder.parameters(), encoder.buffers()) if id(t) not in shared}
+            private = self._own_tensors(encoder, buffers=True).values()
             listing[name] = {
                 "encoder_training": self.task_configs[name].encoder_training,
-                "parameters": sum(t.numel() for t in private.values()),
-                "bytes": sum(t.numel() * t.element_size() for t in private.values()),
+                "parameters": sum(t.numel() for t in private),
+                "bytes": sum(t.numel() * t.element_size() for t in private),
             }
         return listing
 
-    def _copy_encoder(self, config: FrozenDecoderConfig, private: set[str]) -> nn.Module:
-        """A copy of the base encoder in which only the `private` tensors (names inside the encoder) are new.
+    def _copy_encoder(self, config: FrozenDecoderConfig, own: set[str], trainable: set[str]) -> nn.Module:
+        """A copy of the base encoder in which only the `own` tensors (names inside the encoder) are new, set up
+        for `config`'s encoder training with `trainable` training.
 
         `copy.deepcopy` with a memo: every other tensor (frozen weights, LoRA's base weights, a tied embedding)
         stays the base model's own object, so it is held once however many tasks there are.
         """
         base_encoder = self.base_model.get_encoder()
         named = chain(base_encoder.named_parameters(remove_duplicate=False), base_encoder.named_buffers())
-        memo = {id(t): t for n, t in named if n not in private}
+        memo = {id(t): t for n, t in named if n not in own}
         encoder = copy.deepcopy(base_encoder, memo)
-        if config.encoder_training == "lora":
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=config.lora_target_modules)  # fmt: skip
-            inject_adapter_in_model(lora, encoder)
-        encoder._hf_frozen_shared = memo  # remembered to tell private tensors from shared ones
+        apply_encoder_training(encoder, trainable, config)
         return encoder
 
-    def _private_tensors(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
-        """The encoder's own tensors (not shared with the base model), by name inside the encoder."""
-        shared = encoder._hf_frozen_shared
-        return {n: t for n, t in encoder.named_parameters() if id(t) not in shared}
+    def _own_tensors(self, encoder: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
+        """The tensors of a task encoder that are not the base model's, by base-model name."""
+        shared = {id(t) for t in chain(self.base_model.parameters(), self.base_model.buffers())}
+        named = chain(encoder.named_parameters(), encoder.named_buffers() if buffers else ())
+        return {self.encoder_prefix + n: t for n, t in named if id(t) not in shared}
 
-    def _frozen_encoder_fingerprint(self, encoder: nn.Module, private: set[str]) -> str | None:
-        """As `FrozenDecoderModel` records it: the encoder-side tensors the artifact does not store."""
-        groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
-        for n, t in chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers()):
-            groups.setdefault(id(t), (t, []))[1].append(n)
-        frozen = {
-            self.encoder_prefix + sorted(names)[0]: t
-            for t, names in groups.values()
-            if id(t) not in self._decoder_ids and not private.intersection(names)
-        }
-        return fingerprint_tensors(frozen) if frozen else None
+    def _record_of(self, encoder: nn.Module) -> FrozenDecoderRecord:
+        """The fingerprints a task encoder relies on, as `FrozenDecoderModel` records them."""
+        own = {n.removeprefix(self.encoder_prefix) for n in self._own_tensors(encoder)}
+        return FrozenDecoderRecord(
+            decoder_fingerprint=self.expected_decoder_fingerprint,
+            frozen_encoder_fingerprint=frozen_encoder_fingerprint(
+                encoder, self.encoder_prefix, self.decoder_tensors(), own
+            ),
+        )
 
-    def _build_encoder(self, name: str, config: FrozenDecoderConfig, tensors: dict, source: str) -> nn.Module:
-        prefix = self.encoder_prefix
-        outside = sorted(k for k in tensors if not k.startswith(prefix))
-        if outside:
-            raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
-        replaced = {k[len(prefix) :] for k in tensors}
-        encoder = self._copy_encoder(config, replaced).requires_grad_(False).eval()
-        own = {prefix + n: t for n, t in self._private_tensors(encoder).items()}
-        copy_artifact_tensors(own, tensors, f"{source} (task {name!r})")  # key set and shapes checked first
-        if self._frozen_encoder_fingerprint(encoder, replaced) != config.frozen_encoder_fingerprint:
-            raise ValueError(
-                f"Task {name!r}: {source} relies on frozen encoder weights (LoRA base weights) that differ in this "
-                f"base model. Serve it with its recorded base {config.base_model_name_or_path!r}."
-            )
-        return encoder
+    def _check_tasks(self, tasks: list[str]) -> None:
+        unknown = sorted(set(tasks) - set(self.encoders))
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}; this model serves {sorted(self.encoders)}.")
 
     # -- joint training of one encoder per task ---------------------------------------------------------------
 
@@ -183,38 +173,20 @@ class MultiEncoderModel(nn.Module):
         (`model.add_task_ids(stream)`); each batch is routed example by example to its task's encoder.
         `save_pretrained` then writes one frozen-decoder artifact per task.
         """
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"`tasks` must be a non-empty list of distinct names, got {tasks!r}.")
         config = copy.deepcopy(config or FrozenDecoderConfig())
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
-        # Respect weights that were frozen before (fixed sinusoidal positions), as `FrozenDecoderModel` does.
-        originally_trainable = {n for n, p in base_model.get_encoder().named_parameters() if p.requires_grad}
+        # The same trainable set as `FrozenDecoderModel`, read before the base model is frozen.
+        trainable = trainable_encoder_names(base_model, module_prefix(base_model, base_model.get_encoder()), config)
+        resolve_lora_targets(base_model.get_encoder(), config)
         model = cls(base_model)
-        if not tasks or len(set(tasks)) != len(tasks):
-            raise ValueError(f"`tasks` must be a non-empty list of distinct names, got {tasks!r}.")
-        base_encoder = base_model.get_encoder()
-        if config.encoder_training == "lora":
-            from .freezing import default_lora_targets
-
-            config.lora_target_modules = config.lora_target_modules or default_lora_targets(base_encoder)
-        embedding = base_encoder.get_input_embeddings()
-        # The same trainable set as `FrozenDecoderModel`: encoder-side weights (never a tensor tied to the
-        # decoder), the input embedding only when asked for, or LoRA weights only.
-        encoder_side = {n[len(model.encoder_prefix) :] for n in split_sides(base_model, model.encoder_prefix).encoder}
-        private: set[str] = set()
-        if config.encoder_training == "full":
-            private = {n for n, p in base_encoder.named_parameters() if n in encoder_side}
-            private -= {n for n, p in base_encoder.named_parameters() if p is embedding.weight}
-        if config.train_encoder_embeddings:
-            private |= {n for n, p in base_encoder.named_parameters(remove_duplicate=False) if p is embedding.weight}
         for name in tasks:
-            encoder = model._copy_encoder(config, private).train()
-            for n, t in encoder.named_parameters():
-                t.requires_grad_((n in private and n in originally_trainable) or "lora_" in n)
+            encoder = model._copy_encoder(config, trainable, trainable).train()
             model.encoders[name] = encoder
             model.task_configs[name] = copy.deepcopy(config)
-            model.task_configs[name].decoder_fingerprint = model.decoder_fingerprint
-            trainable = {n for n, t in encoder.named_parameters() if t.requires_grad}
-            model.task_configs[name].frozen_encoder_fingerprint = model._frozen_encoder_fingerprint(encoder, trainable)
+            model.task_records[name] = model._record_of(encoder)
         return model
 
     def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:
@@ -226,23 +198,17 @@ class MultiEncoderModel(nn.Module):
         return dataset.map(lambda row: {"task_ids": index[row[task_column]]})
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
-        """Write one frozen-decoder artifact per task, in `save_directory/<task>/`, each loadable on its own."""
-        if not is_main_process:
-            return
-        current = fingerprint_tensors(split_sides(self.base_model, self.encoder_prefix).decoder)
-        if current != self.decoder_fingerprint:
-            raise RuntimeError("The shared decoder changed during training: refusing to save task encoders.")
-        for name, encoder in self.encoders.items():
-            config = self.task_configs[name]
-            tensors = {self.encoder_prefix + n: t for n, t in self._private_tensors(encoder).items()}
-            folder = os.path.join(save_directory, name)
-            save_tensors(tensors, os.path.join(folder, WEIGHTS_NAME), {"adapter_type": config.ADAPTER_TYPE})
-            config.save_pretrained(folder)
+        """Write one frozen-decoder artifact per task, in `save_directory/<task>/`, each loadable on its own.
 
-    def _check_tasks(self, tasks: list[str]) -> None:
-        unknown = sorted(set(tasks) - set(self.encoders))
-        if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}; this model serves {sorted(self.encoders)}.")
+        Under DeepSpeed ZeRO-3, call it on every process: the weights are gathered, the main process writes.
+        """
+        if not self.takes_part_in_save(is_main_process):
+            return
+        self.verify_frozen()
+        for name, encoder in self.encoders.items():
+            folder = os.path.join(save_directory, name)
+            save_encoder_artifact(folder, self._own_tensors(encoder), self.task_configs[name],
+                                  self.task_records[name], is_main_process)  # fmt: skip
 
     # -- inference --------------------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, MultiEncoderModel, get_frozen_model
 
-from .tiny_models import tiny_model
-from .trainer_utils import make_trainer
+from ..tiny_models import tiny_model
+from ..trainer_utils import make_trainer
 
 MODES = {
     "full": FrozenDecoderConfig(),
@@ -104,10 +104,10 @@ def test_bad_input_is_named(artifacts):
         server.generate(input_ids=ids, attention_mask=mask, tasks=["a", "a", "nope", "a", "a"])
     with pytest.raises(ValueError, match="names 2 task\\(s\\) but the batch holds 5"):
         server.generate(input_ids=ids, attention_mask=mask, tasks=["a", "a"])
-    with pytest.raises(ValueError, match="Task 'bart-task': the encoder .* trained against another decoder"):
+    with pytest.raises(ValueError, match="Task 'bart-task': the encoder .* trained against a different decoder"):
         server.add_task("bart-task", found["bart"]["full"])
     other = MultiEncoderModel(tiny_model("t5", seed=5))
-    with pytest.raises(ValueError, match="another decoder"):
+    with pytest.raises(ValueError, match="different decoder"):
         other.add_task("a", found["t5"]["full"])
     assert list(server.tasks()) == ["a"], "a failed add leaves the served tasks as they were"
 
@@ -118,8 +118,8 @@ def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
 
     from hf_frozen import mix_tasks
 
-    from .tiny_models import copy_task_dataset
-    from .trainer_utils import training_args
+    from ..tiny_models import copy_task_dataset
+    from ..trainer_utils import training_args
 
     tiny_model("bart").save_pretrained(tmp_path / "base")
     base = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "base")

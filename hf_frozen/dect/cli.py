@@ -16,10 +16,13 @@ import os
 import sys
 from typing import Literal
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
-from . import __version__
-from .dect import DecTConfig, DecTModel
+from .._version import __version__
+from .backbones import load_backbone
+from .config import DecTConfig
+from .data import few_shot
+from .model import DecTModel
 
 
 @dataclasses.dataclass
@@ -27,7 +30,8 @@ class DecTRunArguments:
     model_name_or_path: str = dataclasses.field(metadata={"help": "Hub id or local path of the frozen backbone."})
     output_dir: str = dataclasses.field(metadata={"help": "Where the head, its config and metrics.json go."})
     backbone: Literal["auto", "masked_lm", "causal_lm", "seq2seq_lm", "encoder"] = dataclasses.field(
-        default="auto", metadata={"help": "How to load the backbone; 'auto' reads its config's architectures."}
+        default="auto",
+        metadata={"help": "How to load the backbone; 'auto' reads its config (architectures, else model type)."},
     )
     train_file: str | None = dataclasses.field(default=None, metadata={"help": "Training data (.csv/.json/.jsonl)."})
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "Test data (.csv/.json/.jsonl)."})
@@ -60,38 +64,6 @@ def _load_splits(run: DecTRunArguments):
     return data["train"], data.get("test")
 
 
-def _few_shot(dataset, config: DecTConfig, shots: int, seed: int):
-    import random
-
-    by_label: dict = {}
-    for i, label in enumerate(dataset[config.label_column]):
-        by_label.setdefault(label, []).append(i)
-    short = {label: len(idx) for label, idx in by_label.items() if len(idx) < shots}
-    if short:
-        raise ValueError(f"`--shots {shots}` but some classes have fewer training examples: {short}.")
-    rng = random.Random(seed)
-    return dataset.select(sorted(i for label in sorted(by_label, key=str) for i in rng.sample(by_label[label], shots)))
-
-
-def _load_backbone(run: DecTRunArguments):
-    from .dect.model import _AUTO_CLASSES
-
-    kind = run.backbone
-    if kind == "auto":
-        config = AutoConfig.from_pretrained(run.model_name_or_path)
-        architectures = " ".join(getattr(config, "architectures", None) or [])
-        if getattr(config, "is_encoder_decoder", False):
-            kind = "seq2seq_lm"
-        elif "MaskedLM" in architectures:
-            kind = "masked_lm"
-        elif "CausalLM" in architectures or "LMHeadModel" in architectures:
-            kind = "causal_lm"
-        else:
-            kind = "encoder"
-    model_class = _AUTO_CLASSES.get(kind, AutoModel)
-    return model_class.from_pretrained(run.model_name_or_path), AutoTokenizer.from_pretrained(run.model_name_or_path)
-
-
 def dect_main(argv: list[str]) -> dict:
     parser = HfArgumentParser((DecTRunArguments, DecTConfig), prog="hf-frozen dect")
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -100,17 +72,17 @@ def dect_main(argv: list[str]) -> dict:
         run, config = parser.parse_args_into_dataclasses(argv)
     train, test = _load_splits(run)
     if run.shots is not None:
-        train = _few_shot(train, config, run.shots, config.seed)
-    backbone, tokenizer = _load_backbone(run)
+        train = few_shot(train, config.label_column, run.shots, config.seed)
+    backbone, tokenizer = load_backbone(run.model_name_or_path, run.backbone)
     config.base_model_name_or_path = run.model_name_or_path
     dect: DecTModel = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
     metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,
-                     "zero_shot_weight": dect.config.selected_zero_shot_weight,
-                     "calibrated": dect.config.selected_calibrate, "steps": dect.config.selected_steps}  # fmt: skip
+                     "zero_shot_weight": dect.record.zero_shot_weight, "calibrated": dect.record.calibrate,
+                     "steps": dect.record.steps}  # fmt: skip
     if test is not None:
         metrics["test"] = {"dect": dect.evaluate(test)}
-        if dect.config.backbone_kind != "encoder":
+        if dect.record.backbone_kind != "encoder":
             metrics["test"]["zero_shot"] = dect.evaluate(test, scoring="zero_shot")
     metrics["backbone_queries"] = dect.num_queries
     dect.save_pretrained(run.output_dir)

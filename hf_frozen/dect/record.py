@@ -1,0 +1,38 @@
+"""`DecTRecord`: what fitting a DecT head learned, saved beside its weights as `hf_frozen_record.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import AdapterRecord
+
+
+@dataclasses.dataclass
+class DecTRecord(AdapterRecord):
+    """The backbone a head was fitted on and the choices fitting made.
+
+    Args:
+        backbone_kind (`str`): `masked_lm`, `causal_lm`, `seq2seq_lm`, `encoder` or `callable`.
+        backbone_fingerprint (`str`): SHA-256 of the backbone's weights and tokenizer (or of a callable's name).
+        hidden_size (`int`): size of the hidden states `h` the head reads.
+        zero_shot_weight (`float` or `"prompt_only"`): the weight of the zero-shot scores in use.
+        steps (`int`): the optimizer steps the head was trained for.
+        calibrate (`bool`, *optional*): whether the zero-shot scores in use are calibrated (`None` without
+            label-word scores).
+    """
+
+    LEGACY_KEYS = {
+        "backbone_kind": "backbone_kind",
+        "backbone_fingerprint": "backbone_fingerprint",
+        "hidden_size": "hidden_size",
+        "zero_shot_weight": "selected_zero_shot_weight",
+        "steps": "selected_steps",
+        "calibrate": "selected_calibrate",
+    }
+
+    backbone_kind: str | None = None
+    backbone_fingerprint: str | None = None
+    hidden_size: int | None = None
+    zero_shot_weight: float | str | None = None
+    steps: int | None = None
+    calibrate: bool | None = None

@@ -1,0 +1,112 @@
+"""The frozen-decoder artifact: a task encoder's weights plus the fingerprints of the frozen model it needs.
+
+Written and read the same way by `FrozenDecoderModel` and `MultiEncoderModel`:
+
+    hf_frozen_model.safetensors   the trainable encoder-side tensors, by base-model name
+    hf_frozen_record.json         FrozenDecoderRecord: fingerprints of the decoder side and of the frozen
+                                  encoder-side tensors the artifact relies on (LoRA base weights, a tied embedding)
+    hf_frozen_config.json         FrozenDecoderConfig: how the encoder was trained
+
+Loading checks both fingerprints before any tensor is copied, so an encoder never lands on a decoder it was not
+trained against.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import chain
+
+import torch
+from torch import nn
+
+from ..config import load_adapter_files, save_adapter_files
+from ..utils.fingerprint import fingerprint_tensors
+from ..utils.zero3 import full_copies, gathered
+from .config import FrozenDecoderConfig
+from .record import FrozenDecoderRecord
+
+
+def frozen_encoder_fingerprint(
+    encoder: nn.Module, encoder_prefix: str, decoder_tensors: dict[str, torch.Tensor], stored: set[str]
+) -> str | None:
+    """The fingerprint of `encoder`'s tensors that are neither decoder side nor `stored` in the artifact.
+
+    Each tensor is named by its first name inside the encoder, prefixed with `encoder_prefix`: for the encoder
+    inside the base model and for a task encoder built from it alike. `stored` holds names inside the encoder.
+    """
+    decoder_ids = {id(t) for t in decoder_tensors.values()}
+    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    named = chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers(remove_duplicate=False))
+    for name, tensor in named:
+        groups.setdefault(id(tensor), (tensor, []))[1].append(name)
+    frozen = {
+        encoder_prefix + sorted(names)[0]: tensor
+        for tensor, names in groups.values()
+        if id(tensor) not in decoder_ids and not stored.intersection(names)
+    }
+    return fingerprint_tensors(frozen) if frozen else None
+
+
+def save_encoder_artifact(
+    save_directory: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    config: FrozenDecoderConfig,
+    record: FrozenDecoderRecord,
+    is_main_process: bool = True,
+) -> None:
+    """Write an artifact. Under ZeRO-3 call it on every process: the tensors are gathered, the main one writes."""
+    tensors = full_copies(tensors)
+    if is_main_process:
+        save_adapter_files(save_directory, tensors, config, record)
+
+
+def load_encoder_artifact(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+) -> tuple[FrozenDecoderConfig, FrozenDecoderRecord, dict[str, torch.Tensor]]:
+    """(config, record, tensors) of an artifact in a local folder or a Hub repository."""
+    return load_adapter_files(path_or_repo_id, FrozenDecoderConfig, revision, token)
+
+
+def check_fingerprints(
+    recorded: FrozenDecoderRecord, actual: FrozenDecoderRecord, what: str, base_name: str, recorded_base: str | None
+) -> None:
+    """Refuse an artifact whose recorded fingerprints differ from those of the base model it is loaded onto.
+
+    `what` starts the message: "The encoder in <folder>", or "Task 'qa': the encoder in <folder>".
+    """
+    if recorded.decoder_fingerprint != actual.decoder_fingerprint:
+        raise ValueError(
+            f"{what} was trained against a different decoder than the one of base model {base_name!r}: recorded "
+            f"decoder fingerprint {str(recorded.decoder_fingerprint)[:16]}..., this base has "
+            f"{str(actual.decoder_fingerprint)[:16]}... Load it onto the base it was trained with (recorded: "
+            f"{recorded_base!r}), in the same dtype."
+        )
+    if recorded.frozen_encoder_fingerprint != actual.frozen_encoder_fingerprint:
+        raise ValueError(
+            f"{what} relies on frozen encoder weights of its base model (LoRA base weights or a frozen embedding) "
+            f"that differ in base model {base_name!r}. Load it onto the base it was trained with (recorded: "
+            f"{recorded_base!r})."
+        )
+
+
+def copy_artifact_tensors(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `targets` (same names), refusing any missing, extra or mis-shaped tensor first."""
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {source} do not match this frozen-decoder model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all). Was the artifact saved with "
+            f"another `encoder_training` / `train_encoder_embeddings` setting or another architecture?"
+        )
+    with gathered(targets.values(), modify=True):  # under ZeRO-3, shapes and values are the full ones here
+        for name, target in targets.items():
+            if tensors[name].shape != target.shape:
+                raise ValueError(
+                    f"Tensor {name!r} in {source} has shape {tuple(tensors[name].shape)}, the model expects "
+                    f"{tuple(target.shape)}: the artifact belongs to another architecture."
+                )
+        with torch.no_grad():
+            for name, target in targets.items():
+                target.copy_(tensors[name])

@@ -1,0 +1,105 @@
+"""What both frozen-decoder models share: the frozen decoder, its fingerprint and the guard around it.
+
+`FrozenDecoderModel` (one encoder, trained in place) and `MultiEncoderModel` (many task encoders) both hold a
+transformers encoder-decoder as `base_model` whose decoder side must never change. This base class gives them
+one definition of that side, of its fingerprint and check, of the trainable-parameter count, and of a
+`state_dict` in which each tied tensor appears once.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..utils.fingerprint import fingerprint_tensors
+from ..utils.hub import HubMixin
+from ..utils.zero3 import any_partitioned, full_numel
+from .freezing import check_encoder_decoder
+from .sides import module_prefix, split_sides
+
+
+class FrozenDecoderBase(HubMixin, nn.Module):
+    """An encoder-decoder `base_model` whose decoder side is fingerprinted when wrapped and checked afterwards."""
+
+    def __init__(self, base_model: PreTrainedModel) -> None:
+        super().__init__()
+        check_encoder_decoder(base_model)
+        self.base_model = base_model
+        self.encoder_prefix = module_prefix(base_model, base_model.get_encoder())
+        self._expected_decoder_fingerprint = self.decoder_fingerprint()
+        # Tied tensors would be saved once per name, which safetensors refuses (Trainer checkpoints of a
+        # non-PreTrainedModel are plain `save_file(model.state_dict())`): keep each once, restore on load.
+        self.register_state_dict_post_hook(_drop_aliases)
+        self.register_load_state_dict_pre_hook(_restore_aliases)
+
+    def get_base_model(self) -> PreTrainedModel:
+        return self.base_model
+
+    def decoder_tensors(self) -> dict[str, torch.Tensor]:
+        """Every decoder-side tensor (decoder, its embeddings, the LM head, tied tensors), by base-model name."""
+        return split_sides(self.base_model, self.encoder_prefix).decoder
+
+    @property
+    def expected_decoder_fingerprint(self) -> str:
+        """The fingerprint of the decoder side when the model was wrapped: what it must stay."""
+        return self._expected_decoder_fingerprint
+
+    def decoder_fingerprint(self) -> str:
+        """The fingerprint of the decoder side as it is now."""
+        return fingerprint_tensors(self.decoder_tensors())
+
+    def verify_frozen(self) -> None:
+        """Raise if any decoder-side tensor differs from when the model was wrapped."""
+        current = self.decoder_fingerprint()
+        if current != self._expected_decoder_fingerprint:
+            raise RuntimeError(
+                f"The decoder changed since the frozen-decoder adapter was applied (fingerprint "
+                f"{self._expected_decoder_fingerprint[:12]}... is now {current[:12]}...). Something trained or edited "
+                "decoder-side weights (an optimizer built before `get_frozen_model`, `tie_weights()` after a "
+                "resize, manual edits): the encoder would no longer match the shared decoder."
+            )
+
+    def takes_part_in_save(self, is_main_process: bool) -> bool:
+        """Whether this process joins a save: the main one writes; under ZeRO-3 all of them gather the weights."""
+        return is_main_process or any_partitioned(self.parameters())
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), each tied or shared tensor counted once."""
+        params = {id(p): p for p in self.parameters()}.values()
+        return sum(full_numel(p) for p in params if p.requires_grad), sum(full_numel(p) for p in params)
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+
+    def tensor_aliases(self) -> dict[str, str]:
+        """Every extra name under which a tensor of `state_dict()` is reachable -> the one name it is saved under.
+
+        Tied base-model tensors keep the canonical name `split_sides` gives them; a tensor a task encoder shares
+        with the base model is saved under its base-model name.
+        """
+        sides = split_sides(self.base_model, self.encoder_prefix)
+        aliases = {f"base_model.{a}": f"base_model.{c}" for a, c in sides.aliases.items()}
+        canonical = {id(t): f"base_model.{n}" for n, t in chain(sides.encoder.items(), sides.decoder.items())}
+        named = chain(self.named_parameters(remove_duplicate=False), self.named_buffers(remove_duplicate=False))
+        for name, tensor in named:
+            if not name.startswith("base_model.") and id(tensor) in canonical:
+                aliases[name] = canonical[id(tensor)]
+        return aliases
+
+
+def _drop_aliases(module: FrozenDecoderBase, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    for alias in module.tensor_aliases():
+        state_dict.pop(prefix + alias, None)
+
+
+def _restore_aliases(module: FrozenDecoderBase, state_dict: dict, prefix: str, *args: Any) -> None:
+    for alias, canonical in module.tensor_aliases().items():
+        if prefix + alias not in state_dict and prefix + canonical in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + canonical]

@@ -1,0 +1,1 @@
+"""Plumbing shared by both adapters: Hub files, atomic I/O, ZeRO-3 gathering, tensor fingerprints."""

@@ -1,0 +1,42 @@
+"""The `hf-frozen dect` command."""
+
+import json
+import os
+import subprocess
+import sys
+
+from hf_frozen import AutoFrozenModel
+
+from .. import tiny_dect
+from ..tiny_dect import TEMPLATE, backbone, sentiment
+
+
+def test_command_fits_evaluates_and_saves(tmp_path):
+    import shutil
+
+    backbone("masked_lm").save_pretrained(tmp_path / "mlm")
+    tiny_dect.tokenizer().save_pretrained(tmp_path / "mlm")
+    sentiment(40, seed=0).to_csv(tmp_path / "train.csv")
+    sentiment(12, seed=1).to_csv(tmp_path / "test.csv")
+    # pip puts the command next to the interpreter (the venv's bin/, which need not be on PATH).
+    command = os.path.join(os.path.dirname(sys.executable), "hf-frozen")
+    assert os.path.isfile(command) or shutil.which("hf-frozen"), "pip install creates the `hf-frozen` command"
+    command = command if os.path.isfile(command) else shutil.which("hf-frozen")
+    done = subprocess.run(
+        [command, "dect", "--model_name_or_path", str(tmp_path / "mlm"), "--train_file", str(tmp_path / "train.csv"),
+         "--test_file", str(tmp_path / "test.csv"), "--shots", "8", "--template", TEMPLATE,
+         "--label_words", "terrible|bad", "great|good", "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train_examples"] == 16
+    assert metrics["backbone_queries"] == 16 + 12 + 1
+    assert metrics["test"]["dect"]["num_examples"] == 12 and "zero_shot" in metrics["test"]
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "out")
+    assert loaded.record.backbone_kind == "masked_lm"
+
+    bad = subprocess.run([command, "dect", "--model_name_or_path", str(tmp_path / "mlm"), "--output_dir", "x",
+                          "--train_file", str(tmp_path / "train.csv"), "--template", "{text}",
+                          "--label_words", "bad", "good"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode != 0 and "must contain the {answer} slot" in bad.stderr

@@ -1,0 +1,42 @@
+"""`DecTConfig`: bad values are named; it parses with `HfArgumentParser`."""
+
+import pytest
+from transformers import HfArgumentParser
+
+from hf_frozen import DecTConfig
+
+from ..tiny_dect import TEMPLATE, WORDS
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"template": "{text} was good"}, "{answer}"),
+        ({"template": "It was {answer}."}, "{text}"),
+        ({"template": "{text} {label} {answer}"}, "unknown slots \\['label'\\]"),
+        ({"template": "{text} {text_pair} {answer}"}, "text_pair_column"),
+        ({"label_words": ["bad", ""]}, "Class 1 of `label_words` has no label words"),
+        ({"label_words": ["bad"]}, "at least 2 classes"),
+        ({"label_words": {"neg": "bad", "pos": "good"}}, "not a dict"),
+        ({"labels": ["neg"]}, "one name per class"),
+        ({"steps": 0}, "`steps`"),
+        ({"steps_candidates": []}, "`steps_candidates`"),
+        ({"steps_candidates": [10, 0]}, "`steps_candidates` must be a non-empty list of integers >= 1"),
+        ({"zero_shot_weight": -1.0}, "`zero_shot_weight`"),
+        ({"response_prefix": "It is"}, "chat_template"),
+        ({"hidden_pooling": "cls"}, "`hidden_pooling`"),
+    ],
+)
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, **kwargs})
+
+
+def test_config_parses_with_hf_argument_parser():
+    (config,) = HfArgumentParser(DecTConfig).parse_args_into_dataclasses(
+        ["--template", TEMPLATE, "--label_words", "terrible|bad", "great|good", "--labels", "neg", "pos",
+         "--zero_shot_weight", "0.5", "--steps_candidates", "5", "20"]
+    )  # fmt: skip
+    assert config.label_words == [["terrible", "bad"], ["great", "good"]]
+    assert config.labels == ["neg", "pos"] and config.zero_shot_weight == 0.5
+    assert config.steps is None and config.steps_candidates == [5, 20]

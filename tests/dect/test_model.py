@@ -1,0 +1,71 @@
+"""`DecTModel` save/load: a fresh process, another backbone, a callable, the Hub."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import hf_frozen.utils.hub
+from hf_frozen import AutoFrozenModel, DecTConfig, DecTModel, get_frozen_model
+
+from .. import tiny_dect
+from ..fake_hub import FakeHub
+from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, backbone, make, sentiment
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    tok = tiny_dect.tokenizer()
+    backbone("masked_lm").save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    dect = get_frozen_model(AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm"),
+                            DecTConfig(template=TEMPLATE, label_words=WORDS),
+                            tokenizer=AutoTokenizer.from_pretrained(tmp_path / "mlm"))  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(16))
+    dect.save_pretrained(tmp_path / "head")
+    test = list(sentiment(10, seed=3)["text"])
+    expected = dect.decision_scores(test).tolist()
+    script = (
+        "import json, sys; from hf_frozen import AutoFrozenModel;"
+        f"m = AutoFrozenModel.from_pretrained({str(tmp_path / 'head')!r}); m.show_progress = False;"
+        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, m.record.steps]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores, queries, steps = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    assert queries == 10, "the saved calibration needs no new empty-input query"
+    assert steps == dect.record.steps in (10, 30), "the recorded choice survives the round trip"
+
+
+def test_load_refuses_another_backbone_and_needs_the_callable(tmp_path):
+    dect = make("masked_lm")
+    dect.fit(sentiment(8))
+    dect.save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="fitted on another backbone"):
+        DecTModel.from_pretrained(tmp_path / "head", base_model=backbone("masked_lm", seed=1),
+                                  tokenizer=tiny_dect.tokenizer())  # fmt: skip
+    api = make("callable")
+    api.fit(sentiment(8))
+    api.save_pretrained(tmp_path / "api")
+    with pytest.raises(ValueError, match="callable backbone"):
+        AutoFrozenModel.from_pretrained(tmp_path / "api")
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "api", base_model=ClusterAPI())
+    assert loaded.config.base_model_name_or_path == "cluster-api-v1"
+
+
+def test_push_to_hub(tmp_path, monkeypatch):
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(hf_frozen.utils.hub, "HfApi", hub.api)
+    monkeypatch.setattr(hf_frozen.utils.hub, "hf_hub_download", hub.download)
+    dect = make("callable")
+    dect.fit(sentiment(8))
+    dect.push_to_hub("me/dect-head")
+    assert "tags:\n- hf-frozen\n- dect" in (hub.root / "me" / "dect-head" / "README.md").read_text()
+    loaded = AutoFrozenModel.from_pretrained("me/dect-head", base_model=ClusterAPI())
+    assert torch.equal(loaded.head.radius, dect.head.radius)

@@ -1,0 +1,114 @@
+"""Choosing calibration, zero-shot weight and steps on the training cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_frozen import DecTConfig, get_frozen_model
+from hf_frozen.dect.selection import PROMPT_ONLY, choice_name
+
+from .. import tiny_dect
+from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, make, sentiment
+
+
+def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
+    dect = make("callable")
+    dect.fit(sentiment(64, seed=0))
+    selected, steps = dect.record.zero_shot_weight, dect.record.steps
+    assert selected in (0.0, 0.1, 0.3) and steps in (10, 30), dect.cv_results
+    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[choice_name(selected, steps)]["loss"]
+    assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
+    assert dect.fit_seconds["training"] < 5
+
+
+def test_weight_selection_keeps_the_prompt_when_it_is_better():
+    class PromptKnows(ClusterAPI):
+        def __call__(self, prompts, label_words):
+            hidden, _ = super().__call__(prompts, label_words)
+            positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+            scores = np.stack([~positive, positive], 1).astype(float) * 4
+            return self.rng.normal(size=hidden.shape), scores  # hidden states are pure noise
+
+    dect = get_frozen_model(PromptKnows(), DecTConfig(template=TEMPLATE, label_words=WORDS, calibrate=False),
+                            backbone_name="prompt-knows")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    assert dect.record.zero_shot_weight in (PROMPT_ONLY, 10.0), dect.cv_results  # the prompt dominates
+    assert dect.record.calibrate is False
+    assert dect.cv_results["prompt_only"]["accuracy"] == 1.0
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+
+
+class LeaningPrompt(ClusterAPI):
+    """Informative label-word scores plus a lean: `lean` is added to every input's scores, `empty` replaces the
+    empty (calibration) input's."""
+
+    def __init__(self, lean, empty):
+        super().__init__()
+        self.lean, self.empty = np.array(lean), np.array(empty)
+
+    def __call__(self, prompts, label_words):
+        hidden, _ = super().__call__(prompts, label_words)
+        positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+        scores = np.stack([~positive, positive], 1).astype(float) * 2.0 + self.lean
+        is_empty = np.array([p.split() == ["review", ":", ".", "sentiment", ":"] for p in prompts])
+        scores[is_empty] = self.empty
+        return self.rng.normal(size=hidden.shape), scores
+
+
+def test_calibration_is_used_only_when_it_clearly_helps():
+    # The prompt is right, but the empty input leans hard to one class: calibrating would hurt.
+    dect = get_frozen_model(LeaningPrompt(lean=[0.0, 0.0], empty=[0.0, 8.0]), DecTConfig(template=TEMPLATE,
+                            label_words=WORDS), backbone_name="empty-leans")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    assert dect.record.calibrate is False
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+    assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot")["accuracy"] == 0.5, "calibrated: one class"
+    # Every input leans to "positive" as the empty one does: only the calibrated prompt is right.
+    dect = get_frozen_model(LeaningPrompt(lean=[0.0, 3.0], empty=[0.0, 3.0]), DecTConfig(template=TEMPLATE,
+                            label_words=WORDS), backbone_name="all-lean")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(32))
+    assert dect.record.calibrate is True
+    assert dect.evaluate(sentiment(100, seed=2), scoring="zero_shot_uncalibrated")["accuracy"] == 0.5
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+
+
+def test_fixed_weight_steps_and_one_shot():
+    dect = make("callable", zero_shot_weight=0.25)
+    dect.fit(sentiment(8))
+    assert dect.record.zero_shot_weight == 0.25 and float(dect.head.zero_shot_weight) == 0.25
+    # The steps are still cross-validated, the prompt alone is not a choice.
+    assert set(dect.cv_results) == {"weight=0.25, steps=10", "weight=0.25, steps=30"}
+    assert dect.record.steps in (10, 30)
+    fixed = make("callable", zero_shot_weight=0.25, steps=7)
+    fixed.fit(sentiment(8))
+    assert fixed.record.steps == 7 and fixed.cv_results == {}, "nothing left to choose"
+    one_shot = make("callable")
+    one_shot.fit(sentiment(2))  # one example per class: no fold can be held out
+    assert one_shot.record.zero_shot_weight == PROMPT_ONLY
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_heads_trained_together_match_heads_trained_alone(standardize):
+    """Cross-validation trains its (fold, weight) heads in one batch: the same heads as one at a time."""
+    from hf_frozen.dect.head import DecTHead, train_head
+    from hf_frozen.dect.selection import train_heads_together
+
+    torch.manual_seed(0)
+    n, d, c = 40, 24, 3
+    hidden = torch.randn(n, d) * torch.linspace(0.1, 20, d)  # a few large dimensions, as in decoder LMs
+    scores, labels = torch.randn(n, c), torch.arange(n) % c
+    in_training, weights = torch.rand(5, n) > 0.3, torch.tensor([0.0, 0.1, 1.0, 3.0, 10.0])
+    together = train_heads_together(DecTHead(d, c, 16, seed=3, standardize=standardize), hidden, scores, labels,
+                                    in_training, weights, checkpoints=[10, 30], learning_rate=0.01)  # fmt: skip
+    assert sorted(together) == [10, 30]
+    for steps in (10, 30):
+        for m in range(5):
+            head = DecTHead(d, c, 16, seed=3, standardize=standardize)
+            head.zero_shot_weight.fill_(weights[m])
+            rows = in_training[m].nonzero().squeeze(1)
+            train_head(head, hidden[rows], scores[rows], labels[rows], steps=steps, learning_rate=0.01)
+            with torch.no_grad():
+                torch.testing.assert_close(together[steps][m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,124 @@
+"""The encoder artifact on every family: fresh-process loading and every way loading refuses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSeq2SeqLM
+
+from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, FrozenDecoderModel, get_frozen_model
+from hf_frozen.config import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME
+
+from ..tiny_models import FAMILIES, tiny_model
+from .helpers import generations, trained_artifact
+
+
+def test_artifact_holds_encoder_weights_only(tmp_path):
+    model, artifact = trained_artifact("t5", "full", tmp_path)
+    tensors = load_file(artifact / WEIGHTS_NAME)
+    assert sorted(tensors) == model.artifact_keys
+    assert all(name.startswith("encoder.") for name in tensors)
+    config = json.loads((artifact / CONFIG_NAME).read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "t5-base")
+    record = json.loads((artifact / RECORD_NAME).read_text())
+    assert record["decoder_fingerprint"] == model.decoder_fingerprint()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("mode", ["full", "lora+embeddings"])
+def test_fresh_process_generates_identically(mode, tmp_path):
+    expected, artifacts = {}, {}
+    for family in FAMILIES:
+        model, artifacts[family] = trained_artifact(family, mode, tmp_path)
+        expected[family] = generations(model)
+    script = f"""
+import json, sys, torch
+sys.path.insert(0, {ROOT!r})
+from hf_frozen import AutoFrozenModel
+from tests.frozen_decoder.helpers import generations
+artifacts = json.loads(sys.argv[1])
+print(json.dumps({{family: generations(AutoFrozenModel.from_pretrained(path)) for family, path in artifacts.items()}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps({f: str(p) for f, p in artifacts.items()})],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_loaded_model_is_frozen_unless_trainable(tmp_path):
+    _, artifact = trained_artifact("bart", "lora+embeddings", tmp_path)
+    frozen = AutoFrozenModel.from_pretrained(artifact)
+    assert isinstance(frozen, FrozenDecoderModel) and not frozen.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = AutoFrozenModel.from_pretrained(artifact, is_trainable=True)
+    assert sorted(n for n, p in trainable.base_model.named_parameters() if p.requires_grad) == trainable.artifact_keys
+
+
+def test_other_decoder_is_refused(tmp_path):
+    _, artifact = trained_artifact("t5", "full", tmp_path)
+    with pytest.raises(ValueError, match="trained against a different decoder"):
+        AutoFrozenModel.from_pretrained(artifact, base_model=tiny_model("t5", seed=1))
+    other_dtype = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5-base", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="same dtype"):
+        AutoFrozenModel.from_pretrained(artifact, base_model=other_dtype)
+
+
+def test_lora_artifact_refuses_other_frozen_encoder_weights(tmp_path):
+    _, artifact = trained_artifact("t5", "lora+embeddings", tmp_path)
+    base = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5-base")
+    with torch.no_grad():
+        base.encoder.block[0].layer[0].SelfAttention.q.weight.add_(0.1)  # LoRA's base weight, not in the artifact
+    with pytest.raises(ValueError, match="frozen encoder weights"):
+        AutoFrozenModel.from_pretrained(artifact, base_model=base)
+
+
+def test_missing_extra_and_misshaped_weights_are_refused(tmp_path):
+    _, artifact = trained_artifact("t5", "full", tmp_path)
+    tensors = load_file(artifact / WEIGHTS_NAME)
+    name = sorted(tensors)[0]
+
+    broken = {k: v for k, v in tensors.items() if k != name}
+    save_file(broken, artifact / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match=rf"missing \['{name}'\]"):
+        AutoFrozenModel.from_pretrained(artifact)
+
+    save_file({**tensors, "encoder.extra.weight": torch.zeros(1)}, artifact / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match="unexpected \\['encoder.extra.weight'\\]"):
+        AutoFrozenModel.from_pretrained(artifact)
+
+    save_file({**tensors, name: torch.zeros(3, 3)}, artifact / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match=f"Tensor '{name}' .* has shape \\(3, 3\\)"):
+        AutoFrozenModel.from_pretrained(artifact)
+
+
+def test_artifact_without_base_needs_one(tmp_path):
+    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())  # built from a config: no Hub id
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="records no base model"):
+        AutoFrozenModel.from_pretrained(tmp_path)
+    assert isinstance(AutoFrozenModel.from_pretrained(tmp_path, base_model=tiny_model("t5")), FrozenDecoderModel)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an hf-frozen artifact"):
+        AutoFrozenModel.from_pretrained(tmp_path)
+
+
+def test_save_is_refused_when_the_decoder_changed(tmp_path):
+    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
+    model.save_pretrained(tmp_path)
+    saved = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    # The decoder was changed behind the adapter's back: saving is refused before anything is written.
+    with torch.no_grad():
+        model.base_model.lm_head.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="decoder changed"):
+        model.save_pretrained(tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved
