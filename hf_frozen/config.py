@@ -22,7 +22,14 @@ from packaging.version import Version
 
 from ._version import __version__
 from .utils.hub import resolve_file
-from .utils.io import atomic_write_text, load_tensors, save_tensors
+from .utils.io import (
+    atomic_write_text,
+    finish_interrupted_save,
+    load_tensors,
+    sha256_file,
+    tensor_writer,
+    write_files_together,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ class AdapterRecord:
 
     # Record field -> the key hf-frozen 0.1 wrote it under in the config, for artifacts that have no record file.
     LEGACY_KEYS: ClassVar[dict[str, str]] = {}
+
+    # SHA-256 of the weights file saved with this record, checked on load (unset in artifacts of hf-frozen 0.1).
+    weights_sha256: str | None = None
 
     def to_json_string(self) -> str:
         return _to_json({**dataclasses.asdict(self), "hf_frozen_version": __version__})
@@ -165,10 +175,26 @@ def save_adapter_files(
     config: FrozenAdapterConfig,
     record: AdapterRecord,
 ) -> None:
-    """Write an artifact: weights first, then record and config, each file atomically."""
-    save_tensors(tensors, os.path.join(save_directory, WEIGHTS_NAME), {"adapter_type": config.ADAPTER_TYPE})
-    record.save_pretrained(save_directory)
-    config.save_pretrained(save_directory)
+    """Write an artifact's weights, record (with the weights' checksum) and config as one set: after a crash at any
+    point, a reader finds the previous artifact or this one, whole (see `utils/io.py`). Other files in the folder
+    are kept."""
+    record = dataclasses.replace(record)
+    write_weights = tensor_writer(tensors, {"adapter_type": config.ADAPTER_TYPE})
+
+    def write_weights_and_checksum(path: str) -> None:
+        write_weights(path)
+        record.weights_sha256 = sha256_file(path)
+
+    write_files_together(save_directory, {
+        WEIGHTS_NAME: write_weights_and_checksum,
+        RECORD_NAME: lambda path: _write_text(path, record.to_json_string()),
+        CONFIG_NAME: lambda path: _write_text(path, config.to_json_string()),
+    })  # fmt: skip
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def load_adapter_files(
@@ -182,6 +208,8 @@ def load_adapter_files(
 
     An artifact written by hf-frozen 0.1 has no record file: its record is read from the config's old keys.
     """
+    if os.path.isdir(path_or_repo_id):
+        finish_interrupted_save(path_or_repo_id)
     config_path = resolve_file(path_or_repo_id, CONFIG_NAME, revision=revision, token=token)
     config_dict = read_json_object(config_path)
     config = config_class.from_dict(config_dict, source=str(config_path))
@@ -193,8 +221,14 @@ def load_adapter_files(
         if not legacy:
             raise
         record_dict = legacy
-    tensors = load_tensors(resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token))
-    return config, record_class.from_dict(record_dict), tensors
+    record = record_class.from_dict(record_dict)
+    weights_path = resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token)
+    if record.weights_sha256 is not None and sha256_file(weights_path) != record.weights_sha256:
+        raise ValueError(
+            f"Weights file {weights_path} is corrupted or truncated: it does not match the checksum recorded in "
+            f"{RECORD_NAME} (or it was changed after saving). Save the artifact again, or download it again."
+        )
+    return config, record, load_tensors(weights_path)
 
 
 def check_positive(config: Any, name: str, allow_zero: bool = False) -> None:

@@ -56,13 +56,13 @@ def inner_optimizer_state_numel(optimizer) -> int:
 def count_artifact_writes() -> list[str]:
     """Record every encoder-artifact file this process writes (the real write still happens)."""
     written: list[str] = []
-    save = artifact_files_module.save_tensors
+    save = artifact_files_module.write_files_together
 
-    def counting_save(tensors, path, *args, **kwargs):
-        written.append(path)
-        return save(tensors, path, *args, **kwargs)
+    def counting_save(folder, writers):
+        written.append(os.path.join(folder, sorted(writers)[0]))
+        return save(folder, writers)
 
-    artifact_files_module.save_tensors = counting_save
+    artifact_files_module.write_files_together = counting_save
     return written
 
 

@@ -178,3 +178,14 @@ def test_artifacts_written_by_hf_frozen_0_1_still_load():
     assert (dect.record.backbone_kind, dect.record.zero_shot_weight, dect.record.steps) == ("masked_lm", 0.5, 10)
     dect.show_progress = False
     assert_same_outputs(dect.decision_scores(expected["dect"]["texts"]).tolist(), expected["dect"]["scores"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_flipped_byte_in_the_weights_is_refused(case, tmp_path):
+    CASES[case].build(tmp_path).save_pretrained(tmp_path / "artifact")
+    path = tmp_path / "artifact" / WEIGHTS_NAME
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01  # inside the last tensor's data: the file still parses
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"{WEIGHTS_NAME} is corrupted"):
+        AutoFrozenModel.from_pretrained(tmp_path / "artifact")

@@ -16,6 +16,7 @@ checksum is reported, deleted and recomputed, never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,7 +113,8 @@ class QueryCache:
             return hidden, scores
         logger.warning("Discarding DecT cache file %s: %s. The example will be queried again.", path, problem)
         self.rejected += 1
-        os.remove(path)
+        with contextlib.suppress(FileNotFoundError):  # another process met the same entry and removed it first
+            os.remove(path)
         return None
 
     def put(self, key: str, hidden: np.ndarray, scores: np.ndarray | None, persist: bool = True) -> None:

@@ -1,5 +1,11 @@
 """The query cache: one query per example on every backbone, batching, the disk cache, keys."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +101,43 @@ def test_cache_key_covers_backbone_prompt_and_text():
     other_words.cache = dect.cache  # same cache, other label words: every entry misses
     other_words.fit(sentiment(4))
     assert other_words.num_queries == 5
+
+
+def test_an_entry_removed_by_another_process_meanwhile_is_no_crash(tmp_path, monkeypatch):
+    """Two processes that meet the same corrupted entry both discard it: the slower one finds it gone."""
+    import hf_frozen.dect.cache as cache_module
+
+    first = make("callable", cache_dir=str(tmp_path))
+    first.fit(sentiment(4))
+    entry = next(tmp_path.rglob("*.safetensors"))
+    entry.write_bytes(b"garbage")
+    real_open = cache_module.safe_open
+
+    def other_process_removes_it(path, *args, **kwargs):
+        os.remove(path)  # the other process discards the entry first...
+        return real_open(path, *args, **kwargs)  # ...so this read fails, and so would our removal
+
+    monkeypatch.setattr(cache_module, "safe_open", other_process_removes_it)
+    second = make("callable", cache_dir=str(tmp_path))
+    second.fit(sentiment(4))
+    assert second.cache.rejected == 5 and second.num_queries == 5
+
+
+def test_two_processes_share_one_cache_folder(tmp_path):
+    """Two processes fit on one cache folder at once, its entries corrupted: both finish, with the same head."""
+    make("causal_lm", cache_dir=str(tmp_path / "cache")).fit(sentiment(24))
+    for entry in (tmp_path / "cache").rglob("*.safetensors"):
+        entry.write_bytes(entry.read_bytes()[:40])
+    root = Path(__file__).resolve().parent.parent.parent
+    script = (
+        f"import json, sys; sys.path.insert(0, {str(root)!r}); from tests.tiny_dect import make, sentiment; "
+        f"d = make('causal_lm', cache_dir={str(tmp_path / 'cache')!r}); d.fit(sentiment(24)); "
+        "print(json.dumps(d.decision_scores(['the film was great'])[0].tolist()))"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (_, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-3000:]
+    assert json.loads(outputs[0][0].splitlines()[-1]) == pytest.approx(json.loads(outputs[1][0].splitlines()[-1]))
+    assert not list((tmp_path / "cache").rglob("*.tmp")), "no temporary file stays behind"

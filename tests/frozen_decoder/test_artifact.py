@@ -12,6 +12,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, FrozenDecoderModel, get_frozen_model
 from hf_frozen.config import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME
+from hf_frozen.utils.io import sha256_file
 
 from ..tiny_models import FAMILIES, tiny_model
 from .helpers import generations, trained_artifact
@@ -80,21 +81,29 @@ def test_lora_artifact_refuses_other_frozen_encoder_weights(tmp_path):
         AutoFrozenModel.from_pretrained(artifact, base_model=base)
 
 
+def rewrite_weights(artifact, tensors):
+    """Replace the weights and their recorded checksum, as a save by another architecture or setting would."""
+    save_file(tensors, artifact / WEIGHTS_NAME)
+    record = json.loads((artifact / RECORD_NAME).read_text())
+    record["weights_sha256"] = sha256_file(artifact / WEIGHTS_NAME)
+    (artifact / RECORD_NAME).write_text(json.dumps(record))
+
+
 def test_missing_extra_and_misshaped_weights_are_refused(tmp_path):
     _, artifact = trained_artifact("t5", "full", tmp_path)
     tensors = load_file(artifact / WEIGHTS_NAME)
     name = sorted(tensors)[0]
 
     broken = {k: v for k, v in tensors.items() if k != name}
-    save_file(broken, artifact / WEIGHTS_NAME)
+    rewrite_weights(artifact, broken)
     with pytest.raises(ValueError, match=rf"missing \['{name}'\]"):
         AutoFrozenModel.from_pretrained(artifact)
 
-    save_file({**tensors, "encoder.extra.weight": torch.zeros(1)}, artifact / WEIGHTS_NAME)
+    rewrite_weights(artifact, {**tensors, "encoder.extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected \\['encoder.extra.weight'\\]"):
         AutoFrozenModel.from_pretrained(artifact)
 
-    save_file({**tensors, name: torch.zeros(3, 3)}, artifact / WEIGHTS_NAME)
+    rewrite_weights(artifact, {**tensors, name: torch.zeros(3, 3)})
     with pytest.raises(ValueError, match=f"Tensor '{name}' .* has shape \\(3, 3\\)"):
         AutoFrozenModel.from_pretrained(artifact)
 
