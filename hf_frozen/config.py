@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from typing import Any, ClassVar, TypeVar
 
@@ -231,13 +232,21 @@ def load_adapter_files(
     return config, record, load_tensors(weights_path)
 
 
-def check_positive(config: Any, name: str, allow_zero: bool = False) -> None:
-    """Raise a `ValueError` naming `name` unless the field is a positive number (or zero when allowed)."""
+def check_positive(config: Any, name: str, allow_zero: bool = False, integer: bool = False) -> None:
+    """Raise a `ValueError` naming `name` unless the field is a positive number (or zero when allowed), and a whole
+    number when `integer`; finite in any case."""
     value = getattr(config, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    kinds = (int,) if integer else (int, float)
+    ok = (
+        isinstance(value, kinds)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
     if not ok:
-        bound = "a number >= 0" if allow_zero else "a positive number"
-        raise ValueError(f"`{name}` must be {bound}, got {value!r}.")
+        kind = "integer" if integer else "number"
+        bound = f"a{'n' if integer else ''} {kind} >= 0" if allow_zero else f"a positive {kind}"
+        raise ValueError(f"`{name}` must be {bound}, got {value!r} ({type(value).__name__}).")
 
 
 def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:

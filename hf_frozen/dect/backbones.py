@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
-from ..utils.fingerprint import fingerprint_tensors
+from ..utils.fingerprint import fingerprint_json, fingerprint_tensors, numeric_config
 from .config import DecTConfig
 from .prompt import PromptTemplate
 
@@ -51,7 +51,8 @@ AUTO_CLASSES = {
 
 class Backbone(Protocol):
     kind: str
-    fingerprint: str
+    fingerprint: str  # weights, vocabulary and chat template (or a callable's name)
+    settings_fingerprint: str  # the model config and tokenizer pipeline ("" for a callable)
 
     def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
         """(hidden (N, d), label-word scores (N, C) or None) for a batch of (text, text_pair)."""
@@ -83,6 +84,16 @@ def detect_kind(model: Any) -> str:
     )
 
 
+def check_answer_comes_last(prompt: PromptTemplate, what: str) -> None:
+    """Prompts cut at the answer slot (causal LMs, APIs) would lose the text if the slot came before it."""
+    if not prompt.answer_comes_last():
+        raise ValueError(
+            f"`template` {prompt.template!r} puts {{answer}} before the text, but {what} reads the answer after the "
+            "prompt, which is cut at {answer}: every prompt would lose its text. Put {answer} last, e.g. "
+            "'{text} It was {answer}'."
+        )
+
+
 def kind_from_config(config: PretrainedConfig) -> str:
     """The backbone kind a model's config describes, for loading it before any weights are read.
 
@@ -112,7 +123,15 @@ def load_backbone(name_or_path: str, kind: str = "auto", **kwargs: Any) -> tuple
         kind = kind_from_config(AutoConfig.from_pretrained(name_or_path))
     if kind not in AUTO_CLASSES:
         raise ValueError(f"Backbone kind must be one of {sorted(AUTO_CLASSES)} or 'auto', got {kind!r}.")
-    return AUTO_CLASSES[kind].from_pretrained(name_or_path, **kwargs), AutoTokenizer.from_pretrained(name_or_path)
+    model, info = AUTO_CLASSES[kind].from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"{name_or_path} loaded as a {kind} ({type(model).__name__}) leaves {len(missing)} weight(s) newly "
+            f"initialised ({missing[:3]}): DecT would query a partly random model. Load it as the kind its "
+            f"checkpoint holds (`--backbone`; its config says {kind_from_config(model.config)!r})."
+        )
+    return model, AutoTokenizer.from_pretrained(name_or_path)
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, label_words: list[list[str]]) -> list[list[int]]:
@@ -164,10 +183,14 @@ class HFBackbone:
         self.prompt = PromptTemplate(config.template)
         self.device = next(model.parameters()).device
         self.answer_token = self._answer_token()
+        if self.answer_token is None and self.kind != "encoder":
+            check_answer_comes_last(self.prompt, f"a {self.kind} backbone")
+        self.max_length = self._max_length()
         self.label_ids = None if self.kind == "encoder" else label_token_ids(tokenizer, config.label_words)
         self.decoder_prefix = self._decoder_prefix()
         self.causal_prefix = self._causal_prefix()
         self.fingerprint = self._fingerprint()
+        self.settings_fingerprint = self._settings_fingerprint()
         self.shared_prefix = self._shared_prefix()
         self._prefix_cache: DynamicCache | None = None  # keys and values of `shared_prefix`, computed once
         self._positions: torch.Tensor | None = None
@@ -194,6 +217,12 @@ class HFBackbone:
             )
         return mask
 
+    def _max_length(self) -> int:
+        """`max_length`, or less when the model has fewer positions (a longer prompt would crash inside it)."""
+        positions = [getattr(self.model.config, name, None) for name in ("max_position_embeddings", "n_positions")]
+        limits = [p for p in positions if isinstance(p, int) and p > 0]
+        return min([self.config.max_length, *limits])
+
     def _decoder_prefix(self) -> list[int]:
         if self.kind != "seq2seq_lm":
             return []
@@ -209,7 +238,7 @@ class HFBackbone:
     def render(self, text: str, text_pair: str | None) -> str:
         """The prompt string for one example, text cut to fit `max_length` tokens."""
         prompt = self.prompt.render(text, text_pair, self.answer_token)
-        overflow = len(self.tokenizer.encode(prompt)) + len(self.causal_prefix) - self.config.max_length
+        overflow = len(self.tokenizer.encode(prompt)) + len(self.causal_prefix) - self.max_length
         if overflow > 0:
             pieces = self.tokenizer.encode(text, add_special_tokens=False)
             text = self.tokenizer.decode(pieces[: max(0, len(pieces) - overflow - 8)])
@@ -238,6 +267,7 @@ class HFBackbone:
         return probes[0][: max(0, common - 2)]
 
     def _fingerprint(self) -> str:
+        """The weights, vocabulary and chat template (what hf-frozen 0.1 recorded)."""
         tensors = dict(self.model.state_dict())
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         parts = [
@@ -247,6 +277,16 @@ class HFBackbone:
             str(getattr(self.tokenizer, "chat_template", None)),
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def _settings_fingerprint(self) -> str:
+        """What else changes an answer: the model config's numeric fields and the tokenizer's whole pipeline
+        (normaliser, pre-tokeniser, added tokens, post-processor), not only its vocabulary."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            tokenizer = json.loads(backend.to_str())
+        else:  # a slow tokenizer: its settings
+            tokenizer = {k: v for k, v in self.tokenizer.init_kwargs.items() if not k.endswith("_file")}
+        return fingerprint_json([numeric_config(self.model.config), tokenizer])
 
     # -- the forward pass --------------------------------------------------------------------------------------
 
@@ -364,7 +404,10 @@ class CallableBackbone:
         self.config = config
         self.prompt = PromptTemplate(config.template)
         self.answer_placeholder = answer_placeholder
+        if answer_placeholder is None:
+            check_answer_comes_last(self.prompt, "a callable backbone without `answer_placeholder`")
         self.fingerprint = hashlib.sha256(f"callable|{name}|{answer_placeholder}".encode()).hexdigest()
+        self.settings_fingerprint = ""  # everything about the service is in `name`
 
     def render(self, text: str, text_pair: str | None) -> str:
         return self.prompt.render(text, text_pair, self.answer_placeholder)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..utils.io import atomic_write
 from .backbones import Backbone
 from .config import DecTConfig
+from .data import check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,16 @@ class CachedQueries:
                 among the processes and gather every answer to every process, so that each example is queried
                 once overall. Every process must then call this together.
         """
-        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-        keys = [entry_key(self.backbone.fingerprint, self.settings, t, p) for t, p in zip(texts, pairs, strict=True)]
+        if isinstance(texts, str):
+            raise TypeError(f"`texts` must be a list of texts, got one string {texts[:40]!r}: wrap it in a list.")
+        texts = check_texts(texts)
+        if not texts:
+            raise ValueError("`texts` is empty: give at least one text.")
+        pairs = check_texts(text_pairs, "text_pairs") if text_pairs is not None else [None] * len(texts)
+        if len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs: give one pair per text.")
+        backbone = f"{self.backbone.fingerprint}|{self.backbone.settings_fingerprint}"
+        keys = [entry_key(backbone, self.settings, t, p) for t, p in zip(texts, pairs, strict=True)]
         entries: dict[str, Entry] = {}
         missing: Inputs = {}
         for key, text, pair in zip(keys, texts, pairs, strict=True):
@@ -206,11 +215,26 @@ class CachedQueries:
         for batch in bar:
             hidden, scores = self.backbone.query([inputs[k] for k in batch])
             self.num_queries += len(batch)
+            _check_finite(hidden, scores, [inputs[k][0] for k in batch])
             for row, key in enumerate(batch):
                 entry = (hidden[row], None if scores is None else scores[row])
                 self.cache.put(key, *entry)
                 answers[key] = entry
         return answers
+
+
+def _check_finite(hidden: np.ndarray, scores: np.ndarray | None, texts: list[str]) -> None:
+    """Refuse NaN or infinite answers before they are cached or used."""
+    bad = ~np.isfinite(hidden).all(axis=1)
+    if scores is not None:
+        bad |= ~np.isfinite(scores).all(axis=1)
+    if bad.any():
+        examples = ", ".join(repr(t[:40]) for t, b in zip(texts, bad, strict=True) if b)
+        raise ValueError(
+            f"The backbone returned NaN or infinite hidden states or label-word scores for {int(bad.sum())} of "
+            f"{len(texts)} inputs ({examples}); nothing was cached. Check the backbone (for an API: its response "
+            "parsing; for a model: its dtype, fp16 overflows)."
+        )
 
 
 def rank_and_world_size() -> tuple[int, int]:

@@ -142,6 +142,14 @@ class DecTConfig(FrozenAdapterConfig):
         self.label_words = _normalize_label_words(self.label_words)
         if self.labels is None:
             self.labels = [words[0] for words in self.label_words]
+        if isinstance(self.labels, str) or not isinstance(self.labels, (list, tuple)):
+            raise ValueError(
+                f"`labels` must be a list of class names, one per class, got {self.labels!r}: for example "
+                "`labels=['negative', 'positive']`."
+            )
+        # Names are strings, so that a data label 1 means the class named "1" when there is one (labels=[1, 0]),
+        # and the class with index 1 only when no class is named so.
+        self.labels = [str(name) for name in self.labels]
         if len(self.labels) != len(self.label_words):
             raise ValueError(
                 f"`labels` has {len(self.labels)} names but `label_words` has {len(self.label_words)} classes: "
@@ -155,10 +163,11 @@ class DecTConfig(FrozenAdapterConfig):
                 f"`response_prefix` ({self.response_prefix!r}) only applies with `chat_template=True`; without a chat "
                 "template, write it into `template` before {answer}."
             )
-        for name in ("projection_dim", "learning_rate", "batch_size", "max_length"):
-            check_positive(self, name)
+        for name in ("projection_dim", "batch_size", "max_length"):
+            check_positive(self, name, integer=True)
+        check_positive(self, "learning_rate")
         if self.steps is not None:
-            check_positive(self, "steps")
+            check_positive(self, "steps", integer=True)
         if not self.steps_candidates or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps_candidates
         ):

@@ -51,27 +51,46 @@ def read_examples(dataset: Any, config: DecTConfig, need_labels: bool) -> Exampl
         raise ValueError(f"The dataset has no text column {config.text_column!r} (columns: {sorted(columns)}).")
     if len(dataset[config.text_column]) == 0:
         raise ValueError("The dataset is empty: DecT needs at least one example per class to fit.")
-    texts = [str(t) for t in dataset[config.text_column]]
+    texts = check_texts(dataset[config.text_column], config.text_column)
     pairs = None
     if config.text_pair_column is not None:
         if config.text_pair_column not in columns:
             raise ValueError(f"The dataset has no text-pair column {config.text_pair_column!r}.")
-        pairs = [str(t) for t in dataset[config.text_pair_column]]
+        pairs = check_texts(dataset[config.text_pair_column], config.text_pair_column)
     labels = None
     if config.label_column in columns:
         labels = torch.tensor(label_indices(dataset[config.label_column], config.labels))
     return texts, pairs, labels
 
 
+def check_texts(values: Iterable[Any], column: str = "texts") -> list[str]:
+    """The texts of a column; a missing (`None`) or non-text value is an error, never the text "None"."""
+    texts = list(values)
+    bad = [(i, v) for i, v in enumerate(texts) if not isinstance(v, str)]
+    if bad:
+        rows = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5])
+        raise ValueError(
+            f"Column {column!r} must hold texts, but {len(bad)} value(s) are not strings ({rows}). Drop or fill "
+            "those rows (`dataset.filter(lambda r: r[...] is not None)`)."
+        )
+    return texts
+
+
 def label_indices(values: Iterable[Any], names: list[str]) -> list[int]:
-    """Class indices of data labels given as indices or as class names."""
+    """Class indices of data labels, given as class names or as indices.
+
+    A label that is a class name (compared as text, so `1` names the class "1") is that class, whatever its
+    position; an integer that names no class is an index. So `labels=["1", "0"]` reads a data label 1 as class 0.
+    """
     index = {name: i for i, name in enumerate(names)}
     indices, unknown = [], set()
     for value in values:
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(index):
+        is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        name = str(int(value)) if is_integer else value
+        if isinstance(name, str) and name in index:
+            indices.append(index[name])
+        elif is_integer and 0 <= value < len(index):
             indices.append(int(value))
-        elif isinstance(value, str) and value in index:
-            indices.append(index[value])
         else:
             unknown.add(value)
     if unknown:

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import AutoTokenizer
 
-from ..config import load_adapter_files, save_adapter_files
+from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
 from ..utils.hub import HubMixin
-from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind
+from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind, load_backbone
 from .cache import CachedQueries
 from .config import DecTConfig
 from .data import read_examples
@@ -53,7 +52,8 @@ class DecTModel(CachedQueries, HubMixin):
     def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
         self.config = copy.deepcopy(config)
         super().__init__(backbone, self.config)
-        self.record = DecTRecord(backbone_kind=backbone.kind, backbone_fingerprint=backbone.fingerprint)
+        self.record = DecTRecord(backbone_kind=backbone.kind, backbone_fingerprint=backbone.fingerprint,
+                                 backbone_settings_fingerprint=backbone.settings_fingerprint)  # fmt: skip
         self.head: DecTHead | None = None
         self.calibration: torch.Tensor | None = None  # label-word log-probabilities of the empty input, (C,)
         self.cv_results: dict[str, dict[str, float]] = {}
@@ -268,15 +268,21 @@ class DecTModel(CachedQueries, HubMixin):
             base_id = base_model or config.base_model_name_or_path
             if not base_id:
                 raise ValueError(f"{path_or_repo_id} records no backbone: pass `base_model=` (a model or its id).")
-            base_model = AUTO_CLASSES[record.backbone_kind].from_pretrained(base_id, **base_model_kwargs)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_id)
+            if record.backbone_kind not in AUTO_CLASSES:
+                raise ValueError(
+                    f"{path_or_repo_id} records the backbone kind {record.backbone_kind!r}, which is none of "
+                    f"{sorted(AUTO_CLASSES)} or 'callable': its {RECORD_NAME} is damaged. Save the head again."
+                )
+            base_model, loaded_tokenizer = load_backbone(base_id, record.backbone_kind, **base_model_kwargs)
+            tokenizer = tokenizer or loaded_tokenizer
         model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder)
-        if model.record.backbone_fingerprint != record.backbone_fingerprint:
+        settings_changed = record.backbone_settings_fingerprint not in (None, model.backbone.settings_fingerprint)
+        if model.record.backbone_fingerprint != record.backbone_fingerprint or settings_changed:
             raise ValueError(
                 f"The DecT head in {path_or_repo_id} was fitted on another backbone than the one given "
-                f"(fingerprint {str(record.backbone_fingerprint)[:16]}... vs {model.backbone.fingerprint[:16]}...): "
-                f"its hidden states would not match. Use the recorded backbone {config.base_model_name_or_path!r} "
-                "with its tokenizer."
+                f"({'its config or tokenizer settings differ' if settings_changed else 'other weights or vocabulary'}"
+                f"): its hidden states would not match. Use the recorded backbone "
+                f"{config.base_model_name_or_path!r} with its config and tokenizer unchanged."
             )
         model.record = record
         head = model.new_head(record.hidden_size)

@@ -19,6 +19,11 @@ class PromptTemplate:
         self.template = template
         self.parts = list(string.Formatter().parse(template))
 
+    def answer_comes_last(self) -> bool:
+        """Whether `{answer}` follows `{text}` (and `{text_pair}`): needed wherever the prompt is cut at the slot."""
+        slots = [field for _, field, _, _ in self.parts if field is not None]
+        return slots.index("answer") > max(i for i, field in enumerate(slots) if field in ("text", "text_pair"))
+
     def render(self, text: str, text_pair: str | None, answer: str | None) -> str:
         values = {"text": text, "text_pair": text_pair or ""}
         out = []

@@ -13,7 +13,10 @@ class DecTRecord(AdapterRecord):
 
     Args:
         backbone_kind (`str`): `masked_lm`, `causal_lm`, `seq2seq_lm`, `encoder` or `callable`.
-        backbone_fingerprint (`str`): SHA-256 of the backbone's weights and tokenizer (or of a callable's name).
+        backbone_fingerprint (`str`): SHA-256 of the backbone's weights, vocabulary and chat template (or of a
+            callable's name).
+        backbone_settings_fingerprint (`str`, *optional*): SHA-256 of the backbone's config fields that change
+            its outputs and of its tokenizer's whole pipeline (normaliser included); unset in heads of hf-frozen 0.1.
         hidden_size (`int`): size of the hidden states `h` the head reads.
         zero_shot_weight (`float` or `"prompt_only"`): the weight of the zero-shot scores in use.
         steps (`int`): the optimizer steps the head was trained for.
@@ -32,6 +35,7 @@ class DecTRecord(AdapterRecord):
 
     backbone_kind: str | None = None
     backbone_fingerprint: str | None = None
+    backbone_settings_fingerprint: str | None = None
     hidden_size: int | None = None
     zero_shot_weight: float | str | None = None
     steps: int | None = None

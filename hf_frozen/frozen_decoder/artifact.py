@@ -81,6 +81,17 @@ def check_fingerprints(
             f"{str(actual.decoder_fingerprint)[:16]}... Load it onto the base it was trained with (recorded: "
             f"{recorded_base!r}), in the same dtype."
         )
+    if recorded.base_config is not None and recorded.base_config != actual.base_config:
+        fields = sorted(k for k in recorded.base_config.keys() | actual.base_config.keys()
+                        if recorded.base_config.get(k) != actual.base_config.get(k))  # fmt: skip
+        changes = ", ".join(
+            f"{k}: {recorded.base_config.get(k)!r} -> {actual.base_config.get(k)!r}" for k in fields[:5]
+        )
+        raise ValueError(
+            f"{what} was trained against a decoder with another config than base model {base_name!r} ({changes}): "
+            f"the same weights would compute something else. Load it onto the base it was trained with (recorded: "
+            f"{recorded_base!r}), with its config unchanged."
+        )
     if recorded.frozen_encoder_fingerprint != actual.frozen_encoder_fingerprint:
         raise ValueError(
             f"{what} relies on frozen encoder weights of its base model (LoRA base weights or a frozen embedding) "

@@ -67,7 +67,7 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
             raise ValueError(
                 f"`train_encoder_embeddings` must be True or False, got {self.train_encoder_embeddings!r}."
             )
-        check_positive(self, "lora_r")
+        check_positive(self, "lora_r", integer=True)
         check_positive(self, "lora_alpha")
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}.")

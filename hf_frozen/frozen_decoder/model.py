@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
+from ..utils.fingerprint import numeric_config
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
@@ -82,6 +83,7 @@ class FrozenDecoderModel(FrozenDecoderBase):
         self.record = FrozenDecoderRecord(
             decoder_fingerprint=self.expected_decoder_fingerprint,
             frozen_encoder_fingerprint=frozen_encoder_fingerprint(encoder, encoder_prefix, sides.decoder, stored),
+            base_config=numeric_config(base_model.config),
         )
         # Trainer keeps only the dataset columns that `model.forward` names: show it the base model's signature.
         self.forward = functools.update_wrapper(

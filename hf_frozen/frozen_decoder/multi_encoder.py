@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from itertools import chain
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..utils.fingerprint import numeric_config
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
@@ -32,6 +34,18 @@ from .freezing import apply_encoder_training, resolve_lora_targets, trainable_en
 from .model import FrozenDecoderModel
 from .record import FrozenDecoderRecord
 from .sides import module_prefix
+
+_TASK_NAME = re.compile(r"[\w+=@][\w+=@-]*")
+
+
+def check_task_name(name: Any) -> None:
+    """Task names name folders and modules: word characters and `+ = @ -`, never a path or a dotted name."""
+    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
+        raise ValueError(
+            f"A task name must be letters, digits and '_', '+', '=', '@' or '-' (not first), got {name!r}: it names "
+            "the task's folder when saving and its module, so '/', '.' and spaces are refused. Example: "
+            "'summarize_cnn'."
+        )
 
 
 class MultiEncoderModel(FrozenDecoderBase):
@@ -83,8 +97,7 @@ class MultiEncoderModel(FrozenDecoderBase):
             artifact: a local folder or Hub repo id holding a frozen-decoder artifact, or a `FrozenDecoderModel`.
             replace (`bool`, defaults to `False`): allow overwriting an existing task.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"A task name must be a non-empty string, got {name!r}.")
+        check_task_name(name)
         if name in self.encoders and not replace:
             raise ValueError(f"Task {name!r} already exists: pass `replace=True` to swap its encoder.")
         if isinstance(artifact, FrozenDecoderModel):
@@ -154,6 +167,7 @@ class MultiEncoderModel(FrozenDecoderBase):
             frozen_encoder_fingerprint=frozen_encoder_fingerprint(
                 encoder, self.encoder_prefix, self.decoder_tensors(), own
             ),
+            base_config=numeric_config(self.base_model.config),
         )
 
     def _check_tasks(self, tasks: list[str]) -> None:
@@ -173,8 +187,10 @@ class MultiEncoderModel(FrozenDecoderBase):
         (`model.add_task_ids(stream)`); each batch is routed example by example to its task's encoder.
         `save_pretrained` then writes one frozen-decoder artifact per task.
         """
-        if not tasks or len(set(tasks)) != len(tasks):
+        if isinstance(tasks, str) or not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"`tasks` must be a non-empty list of distinct names, got {tasks!r}.")
+        for name in tasks:
+            check_task_name(name)
         config = copy.deepcopy(config or FrozenDecoderConfig())
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
@@ -271,7 +287,13 @@ class MultiEncoderModel(FrozenDecoderBase):
         """Scores (and the loss, given `labels`) for a mixed-task batch; tasks by name or by `task_ids`."""
         if tasks is None and task_ids is not None:
             names = list(self.encoders)
-            tasks = [names[i] for i in task_ids.tolist()]
+            ids = task_ids.tolist() if isinstance(task_ids, torch.Tensor) else list(task_ids)
+            bad = sorted({i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(names)})
+            if bad:
+                raise ValueError(
+                    f"`task_ids` must be integers in 0..{len(names) - 1} (this model's tasks: {names}), got {bad}."
+                )
+            tasks = [names[i] for i in ids]
         if tasks is None:
             raise ValueError("Pass `tasks=[...]` (one task name per example) or `task_ids`.")
         hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)

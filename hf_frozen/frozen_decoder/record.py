@@ -15,6 +15,8 @@ class FrozenDecoderRecord(AdapterRecord):
         decoder_fingerprint (`str`): SHA-256 of every decoder-side tensor of the base model.
         frozen_encoder_fingerprint (`str`, *optional*): SHA-256 of the encoder-side tensors the artifact does
             not store but relies on (LoRA's base weights, a frozen embedding); `None` when there are none.
+        base_config (`dict`, *optional*): the base model's config fields that change what the decoder computes
+            (`utils.fingerprint.numeric_config`); unset in artifacts of hf-frozen 0.1.
     """
 
     LEGACY_KEYS = {"decoder_fingerprint": "decoder_fingerprint",
@@ -22,3 +24,4 @@ class FrozenDecoderRecord(AdapterRecord):
 
     decoder_fingerprint: str | None = None
     frozen_encoder_fingerprint: str | None = None
+    base_config: dict | None = None

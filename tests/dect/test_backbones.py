@@ -111,3 +111,48 @@ def test_backbone_kind_is_read_from_the_config_even_without_architectures(tmp_pa
     assert type(model).__name__ == "GPT2LMHeadModel" and tokenizer is not None
     with pytest.raises(ValueError, match="Backbone kind must be one of"):
         load_backbone(str(tmp_path), kind="decoder")
+
+
+def test_a_template_that_cuts_the_text_away_is_refused():
+    """Causal LMs and APIs read the answer after a prompt cut at {answer}: {answer} first would drop every text."""
+    backwards = DecTConfig(template="{answer} is the sentiment of : {text}", label_words=WORDS)
+    with pytest.raises(ValueError, match="puts \\{answer\\} before the text"):
+        get_frozen_model(backbone("causal_lm"), backwards, tokenizer=tiny_dect.tokenizer())
+    with pytest.raises(ValueError, match="puts \\{answer\\} before the text"):
+        get_frozen_model(ClusterAPI(), backwards, backbone_name="api")
+    get_frozen_model(backbone("masked_lm"), backwards, tokenizer=tiny_dect.tokenizer())  # a mask can be anywhere
+    get_frozen_model(ClusterAPI(), backwards, backbone_name="api", answer_placeholder="<mask>")
+
+
+def test_a_text_longer_than_the_model_positions_is_cut_not_crashing():
+    dect = get_frozen_model(backbone("causal_lm"), DecTConfig(template=TEMPLATE, label_words=WORDS),
+                            tokenizer=tiny_dect.tokenizer())  # fmt: skip  # 64 positions, max_length 512
+    dect.show_progress = False
+    hidden, scores = dect.extract(["the film was great " * 60])
+    assert hidden.shape == (1, 32) and torch.isfinite(scores).all()
+
+
+def test_non_finite_answers_are_refused_and_never_cached(tmp_path):
+    def broken_api(prompts, label_words):
+        hidden = np.ones((len(prompts), 4))
+        hidden[0, 2] = np.nan
+        return hidden, np.zeros((len(prompts), 2))
+
+    dect = get_frozen_model(broken_api, DecTConfig(template=TEMPLATE, label_words=WORDS, cache_dir=str(tmp_path)),
+                            backbone_name="broken")  # fmt: skip
+    dect.show_progress = False
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        dect.extract(["a", "b"])
+    assert not list(tmp_path.rglob("*.safetensors")), "nothing was cached"
+
+
+def test_a_checkpoint_loaded_as_the_wrong_kind_is_refused(tmp_path):
+    """A plain encoder's weights loaded as a masked LM leave its LM head random: refused, not queried."""
+    from hf_frozen.dect.backbones import load_backbone
+
+    backbone("encoder").save_pretrained(tmp_path)
+    tiny_dect.tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="newly initialised"):
+        load_backbone(str(tmp_path), kind="masked_lm")
+    model, _ = load_backbone(str(tmp_path))
+    assert type(model).__name__ == "BertModel"

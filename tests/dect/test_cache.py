@@ -141,3 +141,28 @@ def test_two_processes_share_one_cache_folder(tmp_path):
         assert run.returncode == 0, err[-3000:]
     assert json.loads(outputs[0][0].splitlines()[-1]) == pytest.approx(json.loads(outputs[1][0].splitlines()[-1]))
     assert not list((tmp_path / "cache").rglob("*.tmp")), "no temporary file stays behind"
+
+
+def test_answers_of_a_backbone_with_another_config_or_tokenizer_are_not_served(tmp_path):
+    """The weights alone do not say what a backbone answers: its config and its tokenizer's pipeline count too."""
+    from tokenizers import normalizers
+
+    first = make("causal_lm", cache_dir=str(tmp_path))
+    first.fit(sentiment(4))
+    assert first.num_queries == 5
+
+    config = DecTConfig(template=TEMPLATE, label_words=WORDS, labels=["neg", "pos"], batch_size=4,
+                        cache_dir=str(tmp_path))  # fmt: skip
+    model = backbone("causal_lm")
+    model.config.layer_norm_epsilon = 1e-2  # same weights, other numerics
+    other_config = get_frozen_model(model, config, tokenizer=tiny_dect.tokenizer())
+    other_config.show_progress = False
+    other_config.fit(sentiment(4))
+    assert other_config.num_queries == 5, "every entry misses"
+
+    lowercasing = tiny_dect.tokenizer()
+    lowercasing.backend_tokenizer.normalizer = normalizers.Lowercase()  # same vocabulary, other normalisation
+    other_tokenizer = get_frozen_model(backbone("causal_lm"), config, tokenizer=lowercasing)
+    other_tokenizer.show_progress = False
+    other_tokenizer.fit(sentiment(4))
+    assert other_tokenizer.num_queries == 5, "every entry misses"

@@ -69,3 +69,25 @@ def test_push_to_hub(tmp_path, monkeypatch):
     assert "tags:\n- hf-frozen\n- dect" in (hub.root / "me" / "dect-head" / "README.md").read_text()
     loaded = AutoFrozenModel.from_pretrained("me/dect-head", base_model=ClusterAPI())
     assert torch.equal(loaded.head.radius, dect.head.radius)
+
+
+def test_a_saved_head_refuses_a_backbone_with_another_config(tmp_path):
+    dect = make("masked_lm")
+    dect.fit(sentiment(8))
+    dect.save_pretrained(tmp_path / "head")
+    other = backbone("masked_lm")
+    other.config.layer_norm_eps = 1e-3
+    with pytest.raises(ValueError, match="its config or tokenizer settings differ"):
+        DecTModel.from_pretrained(tmp_path / "head", base_model=other, tokenizer=tiny_dect.tokenizer())
+    DecTModel.from_pretrained(tmp_path / "head", base_model=backbone("masked_lm"), tokenizer=tiny_dect.tokenizer())
+
+
+def test_a_tampered_backbone_kind_is_refused(tmp_path):
+    dect = make("masked_lm")
+    dect.fit(sentiment(8))
+    dect.save_pretrained(tmp_path / "head")
+    record = json.loads((tmp_path / "head" / "hf_frozen_record.json").read_text())
+    record["backbone_kind"] = "diffusion"
+    (tmp_path / "head" / "hf_frozen_record.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="backbone kind 'diffusion'"):
+        DecTModel.from_pretrained(tmp_path / "head", base_model="some/model")

@@ -131,3 +131,13 @@ def test_save_is_refused_when_the_decoder_changed(tmp_path):
     with pytest.raises(RuntimeError, match="decoder changed"):
         model.save_pretrained(tmp_path)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved
+
+
+def test_a_base_whose_decoder_config_differs_is_refused(tmp_path):
+    """Same weights, another `layer_norm_epsilon`: the decoder would compute something else."""
+    _, artifact = trained_artifact("t5", "full", tmp_path)
+    other = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5-base", layer_norm_epsilon=1e-3)
+    with pytest.raises(ValueError, match=r"another config .*layer_norm_epsilon: 1e-06 -> 0.001"):
+        AutoFrozenModel.from_pretrained(artifact, base_model=other)
+    same = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5-base", dropout_rate=0.3)  # training-only
+    AutoFrozenModel.from_pretrained(artifact, base_model=same)

@@ -44,3 +44,9 @@ def test_parses_with_hf_argument_parser_next_to_training_arguments(tmp_path):
     assert config.encoder_training == "full"
     with pytest.raises(SystemExit):
         parser.parse_args_into_dataclasses(["--encoder_training", "decoder", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("value", [2.5, "8", float("inf"), True])
+def test_lora_rank_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="`lora_r` must be a positive integer"):
+        FrozenDecoderConfig(encoder_training="lora", lora_r=value)

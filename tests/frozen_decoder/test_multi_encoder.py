@@ -162,3 +162,16 @@ def test_lora_task_refuses_other_frozen_encoder_weights(artifacts):
     server.add_task("full", found["t5"]["full"])  # a full encoder replaces that weight: fine
     with pytest.raises(ValueError, match="Task 'lora': .* frozen encoder weights"):
         server.add_task("lora", found["t5"]["lora"])
+
+
+def test_task_ids_and_task_names_are_checked(artifacts, tmp_path):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "t5"), {"a": found["t5"]["full"]})
+    ids, mask = batch("t5")
+    with pytest.raises(ValueError, match=r"`task_ids` must be integers in 0..0.*got \[-1\]"):
+        server(input_ids=ids, attention_mask=mask, task_ids=torch.tensor([0, 0, -1, 0, 0]))
+    for name in ("../outside", "a/b", "a.b", "", " a", "-a"):
+        with pytest.raises(ValueError, match="A task name must be"):
+            server.add_task(name, found["t5"]["full"])
+    with pytest.raises(ValueError, match="A task name must be"):
+        MultiEncoderModel.for_training(tiny_model("t5"), ["ok", "../escape"])
