@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 from typing import Any, ClassVar, TypeVar
@@ -31,8 +30,9 @@ from .utils.io import (
     tensor_writer,
     write_files_together,
 )
+from .utils.logging import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CONFIG_NAME = "hf_frozen_config.json"
 RECORD_NAME = "hf_frozen_record.json"

@@ -1,20 +1,28 @@
 """Temperature-based mixing of task datasets: task i is sampled with probability proportional to n_i^(1/T).
 
 T = 1 samples in proportion to dataset size, T = 2 is the square-root rule the frozen-decoder paper used for
-mixed-task training, and a large T approaches uniform sampling over tasks. Sampling is done by
-`datasets.interleave_datasets`, so the stream is reproducible by seed and works with the ordinary Trainer.
+mixed-task training, and a large T approaches uniform sampling over tasks. The stream is a `datasets.Dataset`
+(or an endless `IterableDataset`) that selects rows of the concatenated tasks, reproducible by seed, for the
+ordinary Trainer. `datasets.interleave_datasets` draws each row's task at random, so its shares drift by a point
+or more over a few thousand rows and, stopping at the first exhausted task, it over-weights small tasks; here each
+task's rows are spread at even intervals, so the shares hold to a row or two in every stretch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import heapq
+import itertools
+from collections.abc import Iterator
 
-from datasets import Dataset, interleave_datasets
+import numpy as np
+from datasets import Dataset, IterableDataset, concatenate_datasets
 
 
 def task_probabilities(sizes: dict[str, int], temperature: float = 2.0) -> dict[str, float]:
     """p_i = n_i^(1/T) / sum_j n_j^(1/T)."""
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
+    if (
+        not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0  # NaN too
+    ):
         raise ValueError(
             f"`temperature` must be a positive number (2.0 is the square-root rule), got {temperature!r}."
         )
@@ -31,9 +39,14 @@ def mix_tasks(
     temperature: float = 2.0,
     seed: int = 0,
     task_column: str | None = "task",
-    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted",
-) -> Dataset:
+    num_rows: int | None = None,
+    endless: bool = False,
+) -> Dataset | IterableDataset:
     """One training stream from several task datasets, sampled by the temperature rule.
+
+    Each task gets its share p_i = n_i^(1/T) / sum_j n_j^(1/T) of the rows, to within a row or two in every stretch
+    of the stream, the tasks interleaved evenly. Each task's examples come in a shuffled order and are all used
+    before any is repeated (small tasks are repeated, reshuffled, as their share asks).
 
     Args:
         datasets (`dict[str, Dataset]`): task name -> dataset; all must share their columns.
@@ -41,11 +54,13 @@ def mix_tasks(
         seed (`int`, defaults to `0`): the sampling seed (the same seed gives the same stream).
         task_column (`str`, *optional*, defaults to `"task"`): a column naming each example's task (needed to
             route examples to per-task encoders); `None` adds none.
-        stopping_strategy: as in `datasets.interleave_datasets`; `"first_exhausted"` stops when one task runs
-            out, so the realised proportions follow the probabilities.
+        num_rows (`int`, *optional*): the stream's length. Unset: the shortest length in which every example of
+            every task appears at least once (no task is cut short).
+        endless (`bool`, defaults to `False`): an endless `IterableDataset` instead (for `max_steps` training),
+            with the same shares in every stretch.
 
     Returns:
-        `datasets.Dataset`: the mixed stream.
+        `datasets.Dataset` (or `datasets.IterableDataset` when `endless`): the mixed stream.
 
     Example:
         ```python
@@ -54,16 +69,62 @@ def mix_tasks(
     """
     if not datasets:
         raise ValueError("`datasets` is empty: give at least one task dataset.")
-    probabilities = task_probabilities({name: len(ds) for name, ds in datasets.items()}, temperature)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
     names = list(datasets)
-    parts = []
-    for name in names:
-        part = datasets[name]
-        if task_column is not None:
-            if task_column in part.column_names:
-                raise ValueError(f"Task {name!r} already has a {task_column!r} column: pass another `task_column`.")
-            part = part.add_column(task_column, [name] * len(part))
-        parts.append(part)
-    return interleave_datasets(
-        parts, probabilities=[probabilities[n] for n in names], seed=seed, stopping_strategy=stopping_strategy
-    )
+    sizes = {name: len(ds) for name, ds in datasets.items()}
+    probabilities = task_probabilities(sizes, temperature)
+    if num_rows is not None and (isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < 1):
+        raise ValueError(f"`num_rows` must be a positive integer (or unset), got {num_rows!r}.")
+    pool = concatenate_datasets([_with_task_column(datasets[n], n, task_column) for n in names])
+    if endless:
+
+        def rows() -> Iterator[dict]:
+            for index in _mixed_indices(sizes, probabilities, seed):
+                yield pool[index]
+
+        return IterableDataset.from_generator(rows, features=pool.features)
+    indices = _mixed_indices(sizes, probabilities, seed)
+    if num_rows is None:  # until every example of every task has appeared
+        seen = dict.fromkeys(names, 0)
+        bounds = np.cumsum([sizes[n] for n in names])
+        chosen = []
+        while any(seen[n] < sizes[n] for n in names):
+            chosen.append(next(indices))
+            seen[names[int(np.searchsorted(bounds, chosen[-1], side="right"))]] += 1
+        return pool.select(chosen)
+    return pool.select(list(itertools.islice(indices, num_rows)))
+
+
+def _with_task_column(dataset: Dataset, name: str, task_column: str | None) -> Dataset:
+    if task_column is None:
+        return dataset
+    if task_column in dataset.column_names:
+        raise ValueError(f"Task {name!r} already has a {task_column!r} column: pass another `task_column`.")
+    return dataset.add_column(task_column, [name] * len(dataset))
+
+
+def _mixed_indices(sizes: dict[str, int], probabilities: dict[str, float], seed: int) -> Iterator[int]:
+    """Endless row indices into the concatenated tasks.
+
+    Task i's k-th row sits at the ideal position (k + u_i) / p_i (u_i a random phase), and rows come in the order
+    of their positions: in every prefix of the stream, each task's count is within a row or two of its share.
+    Each task's examples come in a fresh shuffled order per pass.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(sizes)
+    offsets = np.cumsum([0] + [sizes[n] for n in names[:-1]])
+
+    def examples(t: int) -> Iterator[int]:
+        while True:
+            yield from (int(i) + int(offsets[t]) for i in rng.permutation(sizes[names[t]]))
+
+    streams = [examples(t) for t in range(len(names))]
+    phase = rng.random(len(names))
+    rate = [probabilities[n] for n in names]
+    heap = [(phase[t] / rate[t], t, 0) for t in range(len(names))]
+    heapq.heapify(heap)
+    while True:
+        _, t, k = heapq.heappop(heap)
+        yield next(streams[t])
+        heapq.heappush(heap, ((k + 1 + phase[t]) / rate[t], t, k + 1))

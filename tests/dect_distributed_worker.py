@@ -4,11 +4,11 @@ Each process writes `rank<N>.json`; the main process also writes the Trainer-tra
 """
 
 import json
-import logging
 import os
 import sys
 
 import torch
+import transformers
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
@@ -20,7 +20,8 @@ from tests.tiny_dect import make, sentiment  # noqa: E402
 
 
 def main(folder: str) -> None:
-    logging.basicConfig(level=logging.INFO)  # the test counts the callback's log line
+    # The test counts the callback's log line: hf-frozen logs through transformers' logging.
+    transformers.logging.set_verbosity_info()
     train = sentiment(16)
     # The Trainer's arguments first: they start the process group (gloo) that `fit` shares its queries over.
     args = TrainingArguments(

@@ -6,12 +6,12 @@ trained. Each process writes `rank<N>.json` with what the tests check.
 """
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
+import transformers
 from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,7 +67,8 @@ def count_artifact_writes() -> list[str]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)  # the test counts the callback's start-of-training line
+    # The test counts the callback's start-of-training line: hf-frozen logs through transformers' logging.
+    transformers.logging.set_verbosity_info()
     argv = sys.argv[1:]
     deepspeed_on_cpu = any(a.startswith("--deepspeed") for a in argv) and not torch.cuda.is_available()
     if deepspeed_on_cpu:

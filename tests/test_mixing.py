@@ -56,3 +56,46 @@ def test_one_shared_encoder_trains_on_the_mixed_stream(tmp_path):
                              callbacks=[FrozenDecoderCallback()])  # fmt: skip
     assert trainer.train().global_step == 4
     model.verify_frozen()
+
+
+def test_shares_follow_the_square_root_rule_to_a_row_and_no_task_is_cut_short():
+    sizes = {"big": 900, "mid": 100, "small": 25}
+    tasks = {name: Dataset.from_dict({"x": [f"{name}{i}" for i in range(n)]}) for name, n in sizes.items()}
+    expected = task_probabilities(sizes, temperature=2.0)  # small: 5 / 45 = 11.1%
+    stream = mix_tasks(tasks, num_rows=3000, seed=0)
+    assert len(stream) == 3000
+    shares = {name: count / 3000 for name, count in Counter(stream["task"]).items()}
+    assert all(abs(shares[name] - expected[name]) < 0.01 for name in sizes), shares
+    default = mix_tasks(tasks, seed=0)  # long enough for every example of every task
+    assert set(default["x"]) == {x for ds in tasks.values() for x in ds["x"]}
+    counts = Counter(default["x"])
+    assert all(counts[f"big{i}"] == 1 for i in range(900)), "the largest task is not repeated before it is used up"
+    for name, count in Counter(default["task"]).items():
+        assert abs(count / len(default) - expected[name]) < 0.01
+
+
+def test_an_endless_stream_for_max_steps_training(tmp_path):
+    import itertools
+
+    from transformers import Seq2SeqTrainer
+
+    tasks = {"a": Dataset.from_dict({"x": list(range(30))}), "b": Dataset.from_dict({"x": list(range(5))})}
+    stream = mix_tasks(tasks, endless=True, seed=0)
+    rows = list(itertools.islice(stream, 1000))
+    assert len(rows) == 1000
+    share = sum(r["task"] == "b" for r in rows) / 1000
+    assert abs(share - task_probabilities({"a": 30, "b": 5})["b"]) < 0.01
+    with pytest.raises(ValueError, match="`num_rows` must be a positive integer"):
+        mix_tasks(tasks, num_rows=0)
+
+    endless = mix_tasks({"r": copy_task_dataset(16, seed=0), "s": copy_task_dataset(4, seed=1)}, endless=True,
+                        task_column=None)  # fmt: skip
+    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
+    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path), max_steps=6), train_dataset=endless)
+    assert trainer.train().global_step == 6
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), True])
+def test_non_finite_or_boolean_temperature(temperature):
+    with pytest.raises(ValueError, match="`temperature` must be a positive number"):
+        mix_tasks({"a": Dataset.from_dict({"x": [1]})}, temperature=temperature)

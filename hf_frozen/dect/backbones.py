@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -193,6 +194,9 @@ class HFBackbone:
         self.settings_fingerprint = self._settings_fingerprint()
         self.shared_prefix = self._shared_prefix()
         self._prefix_cache: DynamicCache | None = None  # keys and values of `shared_prefix`, computed once
+        # transformers renamed the forward argument `past_key_values` to `cache` (the old name warns, then goes).
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self._positions: torch.Tensor | None = None
         self._captured: torch.Tensor | None = None
         head = model.get_output_embeddings()
@@ -322,7 +326,7 @@ class HFBackbone:
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         lengths = batch["attention_mask"].sum(1)
         if reused:  # the prompts' own tokens continue after the cached prefix
-            batch["past_key_values"] = self._prefix_kv(len(prompts))
+            batch[self._cache_argument] = self._prefix_kv(len(prompts))
             batch["position_ids"] = torch.arange(reused, reused + batch["input_ids"].shape[1], device=self.device)
             batch["position_ids"] = batch["position_ids"].expand(len(prompts), -1)
             ones = batch["attention_mask"].new_ones(len(prompts), reused)

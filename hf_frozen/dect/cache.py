@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -29,14 +28,14 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ..utils.io import atomic_write
+from ..utils.logging import get_logger, tqdm
 from .backbones import Backbone
 from .config import DecTConfig
 from .data import check_texts
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Entry = tuple[np.ndarray, np.ndarray | None]
 Inputs = dict[str, tuple[str, str | None]]  # cache key -> (text, text pair)

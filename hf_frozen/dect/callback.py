@@ -8,16 +8,16 @@ at the end it hands the trained head back (`DecTModel.use_head`). Every later ep
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..utils.logging import get_logger
 from .head import DecTHead
 from .model import DecTModel
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DecTCollator:

@@ -44,7 +44,7 @@ class DecTRunArguments:
     train_split: str = dataclasses.field(default="train", metadata={"help": "Split of `dataset_name` to fit on."})
     test_split: str = dataclasses.field(default="test", metadata={"help": "Split of `dataset_name` to test on."})
     shots: int | None = dataclasses.field(
-        default=None, metadata={"help": "Fit on this many examples per class, drawn by --seed (default: all)."}
+        default=None, metadata={"help": "Fit on this many examples per class, drawn by --seed; unset: all."}
     )
 
 

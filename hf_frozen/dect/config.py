@@ -6,7 +6,9 @@ Hyperparameters only: what fitting chooses (weight, steps, calibration) is kept 
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
+from typing import Literal
 
 from ..config import FrozenAdapterConfig, check_positive
 from .record import DecTRecord
@@ -76,7 +78,7 @@ class DecTConfig(FrozenAdapterConfig):
         metadata={"help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'."},
     )
     labels: list[str] | None = dataclasses.field(
-        default=None, metadata={"help": "Class names in class order (default: the first label word of each class)."}
+        default=None, metadata={"help": "Class names in class order; unset: the first label word of each class."}
     )
     chat_template: bool = dataclasses.field(
         default=False, metadata={"help": "Causal LMs: wrap the prompt in the tokenizer's chat template."}
@@ -126,7 +128,7 @@ class DecTConfig(FrozenAdapterConfig):
             "a few dimensions dominate them (massive activations)."
         },
     )
-    hidden_pooling: str = dataclasses.field(
+    hidden_pooling: Literal["answer", "mean"] = dataclasses.field(
         default="answer", metadata={"help": "'answer': hidden state at the answer slot; 'mean': mean over tokens."}
     )
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Backbone queries per forward pass."})
@@ -178,10 +180,11 @@ class DecTConfig(FrozenAdapterConfig):
         if self.zero_shot_weight is not None:
             check_positive(self, "zero_shot_weight", allow_zero=True)
         if not self.zero_shot_weight_candidates or any(
-            not isinstance(w, (int, float)) or w < 0 for w in self.zero_shot_weight_candidates
+            isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+            for w in self.zero_shot_weight_candidates
         ):
             raise ValueError(
-                f"`zero_shot_weight_candidates` must be a non-empty list of numbers >= 0, got "
+                f"`zero_shot_weight_candidates` must be a non-empty list of finite numbers >= 0, got "
                 f"{self.zero_shot_weight_candidates!r}."
             )
         if self.calibrate not in (True, False, None):

@@ -3,20 +3,41 @@ optional text pairs and class indices; and drawing a few-shot training set."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from datasets import DatasetDict, IterableDataset, IterableDatasetDict
 
 from .config import DecTConfig
 
 Examples = tuple[list[str], list[str | None] | None, torch.Tensor | None]
 
 
+# DecT reads its data whole (one query per example, then full-batch training): a stream longer than this is
+# refused rather than read forever.
+MAX_STREAMED_ROWS = 1_000_000
+
+
 def as_columns(dataset: Any) -> Any:
-    """A `datasets.Dataset` or dict of columns as it is; a list of row dicts or a DataFrame as a dict of columns."""
+    """A `datasets.Dataset` or dict of columns as it is; a list of row dicts, a DataFrame or a (finite)
+    `IterableDataset` as a dict of columns. A `DatasetDict` is refused, naming its splits."""
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise ValueError(
+            f"Got a {type(dataset).__name__} with the splits {sorted(dataset)}: DecT reads one split at a time. "
+            f"Pass one, e.g. `dataset[{sorted(dataset)[0]!r}]`."
+        )
+    if isinstance(dataset, IterableDataset):
+        rows = list(itertools.islice(dataset, MAX_STREAMED_ROWS + 1))
+        if len(rows) > MAX_STREAMED_ROWS:
+            raise ValueError(
+                f"The IterableDataset yields more than {MAX_STREAMED_ROWS:,d} rows (it may be endless): DecT reads "
+                "its data whole. Pass a finite part, e.g. `dataset.take(10_000)`."
+            )
+        dataset = rows if rows else {}
     if hasattr(dataset, "column_names") or isinstance(dataset, dict):
         return dataset
     if hasattr(dataset, "to_dict") and hasattr(dataset, "columns"):  # pandas

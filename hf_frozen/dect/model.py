@@ -8,7 +8,6 @@ steps on the training cache, `head.py` trains the prototype decoder, and `record
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
 from ..utils.hub import HubMixin
+from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind, load_backbone
 from .cache import CachedQueries
 from .config import DecTConfig
@@ -27,7 +27,7 @@ from .head import DecTHead, train_head
 from .record import DecTRecord
 from .selection import PROMPT_ONLY, choose_head_settings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DecTModel(CachedQueries, HubMixin):

@@ -6,7 +6,6 @@ It serves both frozen-decoder models: a `FrozenDecoderModel` (one artifact per c
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -14,10 +13,11 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..utils.logging import get_logger
 from .base import FrozenDecoderBase
 from .deepspeed_config import check_deepspeed_config, deepspeed_config_of
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def unwrap_frozen_model(model: nn.Module | None) -> FrozenDecoderBase:

@@ -230,6 +230,8 @@ class MultiEncoderModel(FrozenDecoderBase):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
         """Run each example through its task's encoder; returns (encoder hidden states (B, T, d), attention mask)."""
+        if isinstance(tasks, str):
+            raise TypeError(f"`tasks` must be a list with one task name per example, got the string {tasks!r}.")
         tasks = list(tasks)
         if len(tasks) != input_ids.shape[0]:
             raise ValueError(

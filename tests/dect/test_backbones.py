@@ -156,3 +156,16 @@ def test_a_checkpoint_loaded_as_the_wrong_kind_is_refused(tmp_path):
         load_backbone(str(tmp_path), kind="masked_lm")
     model, _ = load_backbone(str(tmp_path))
     assert type(model).__name__ == "BertModel"
+
+
+def test_the_shared_prefix_path_uses_no_deprecated_argument():
+    """transformers renamed `past_key_values` to `cache` in forward: the prefix reuse passes the current name."""
+    import warnings
+
+    config = DecTConfig(template="the story the film : {text} . sentiment : {answer}", label_words=WORDS)
+    dect = get_frozen_model(backbone("causal_lm"), config, tokenizer=tiny_dect.tokenizer())
+    assert dect.backbone.shared_prefix, "the path under test reuses a prefix"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dect.backbone.query([("the film was great", None), ("bad", None)])
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], caught

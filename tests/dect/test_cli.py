@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from hf_frozen import AutoFrozenModel
 
 from .. import tiny_dect
@@ -40,3 +42,16 @@ def test_command_fits_evaluates_and_saves(tmp_path):
                           "--train_file", str(tmp_path / "train.csv"), "--template", "{text}",
                           "--label_words", "bad", "good"], capture_output=True, text=True, check=False)  # fmt: skip
     assert bad.returncode != 0 and "must contain the {answer} slot" in bad.stderr
+
+
+def test_help_lists_choices_and_states_each_default_once(capsys):
+    from hf_frozen.dect.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["dect", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--hidden_pooling {answer,mean}" in text and "{auto,masked_lm,causal_lm,seq2seq_lm,encoder}" in text
+    # Each option's default is stated once, by the parser: help texts do not say it again.
+    assert "(default: all). (default: None)" not in text and "(default: the first" not in text
+    assert text.count("(default: None)") >= 10

@@ -47,3 +47,8 @@ def test_config_parses_with_hf_argument_parser():
 def test_non_integer_or_non_finite_numbers_are_named(field, value):
     with pytest.raises(ValueError, match=f"`{field}` must be a positive"):
         DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, field: value})
+
+
+def test_non_finite_weight_candidates_are_named():
+    with pytest.raises(ValueError, match="`zero_shot_weight_candidates` must be a non-empty list of finite numbers"):
+        DecTConfig(template=TEMPLATE, label_words=WORDS, zero_shot_weight_candidates=[0.1, float("nan")])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ..tiny_dect import make
+from ..tiny_dect import make, sentiment
 
 
 def test_bad_data_is_named():
@@ -46,3 +46,37 @@ def test_missing_texts_are_refused_not_queried_as_none():
     with pytest.raises(ValueError, match="must hold texts"):
         dect.predict(["fine", 3])
     assert dect.predict("a great film") == dect.predict(["a great film"])
+
+
+def test_a_dataset_dict_is_refused_naming_its_splits_and_a_stream_is_read():
+    from datasets import Dataset, DatasetDict
+
+    data = sentiment(8)
+    dect = make("callable")
+    with pytest.raises(ValueError, match=r"DatasetDict with the splits \['test', 'train'\].*dataset\['test'\]"):
+        dect.fit(DatasetDict({"train": data, "test": data}))
+    dect.fit(data.to_iterable_dataset())  # a finite stream is read whole
+    assert dect.num_queries == 8 + 1
+    assert dect.evaluate(Dataset.from_dict(data.to_dict()).to_iterable_dataset())["num_examples"] == 8
+
+
+def test_transformers_logging_switches_govern_hf_frozen(capfd, caplog):
+    """`transformers.logging` verbosity and `disable_progress_bar()` apply to hf-frozen's own lines and bars (the
+    lines read through caplog: the test suite lets transformers' logger propagate)."""
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    try:
+        transformers_logging.set_verbosity_info()
+        dect = make("callable")
+        dect.show_progress = True
+        dect.fit(sentiment(6, seed=0))
+        assert "DecT fit on 6 examples" in caplog.text and "DecT: querying the backbone" in capfd.readouterr().err
+        caplog.clear()
+        transformers_logging.set_verbosity_warning()
+        transformers_logging.disable_progress_bar()
+        dect.fit(sentiment(6, seed=1))
+        assert "DecT fit on" not in caplog.text and "DecT: querying the backbone" not in capfd.readouterr().err
+    finally:
+        transformers_logging.enable_progress_bar()
+        transformers_logging.set_verbosity(previous)

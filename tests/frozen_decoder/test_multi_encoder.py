@@ -175,3 +175,11 @@ def test_task_ids_and_task_names_are_checked(artifacts, tmp_path):
             server.add_task(name, found["t5"]["full"])
     with pytest.raises(ValueError, match="A task name must be"):
         MultiEncoderModel.for_training(tiny_model("t5"), ["ok", "../escape"])
+
+
+def test_tasks_given_as_one_string_are_refused(artifacts):
+    root, found = artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "t5"), {"a": found["t5"]["full"], "b": found["t5"]["lora"]})
+    ids, mask = batch("t5")
+    with pytest.raises(TypeError, match="one task name per example, got the string 'abab'"):
+        server.generate(input_ids=ids[:4], attention_mask=mask[:4], tasks="abab", max_new_tokens=2)
