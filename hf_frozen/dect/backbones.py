@@ -40,7 +40,6 @@ from ..utils.fingerprint import fingerprint_json, fingerprint_tensors, numeric_c
 from .config import DecTConfig
 from .prompt import PromptTemplate
 
-BACKBONE_KINDS = ("masked_lm", "causal_lm", "seq2seq_lm", "encoder", "callable")
 # How each kind of transformers backbone is loaded.
 AUTO_CLASSES = {
     "masked_lm": AutoModelForMaskedLM,

@@ -36,10 +36,17 @@ from .record import FrozenDecoderRecord
 from .sides import module_prefix
 
 _TASK_NAME = re.compile(r"[\w+=@][\w+=@-]*")
+# Names a `torch.nn.ModuleDict` already uses for itself (`parameters`, `training`, ...) cannot name a task.
+_TAKEN = frozenset(dir(nn.ModuleDict()))
 
 
 def check_task_name(name: Any) -> None:
     """Task names name folders and modules: word characters and `+ = @ -`, never a path or a dotted name."""
+    if isinstance(name, str) and _TASK_NAME.fullmatch(name) and name in _TAKEN:
+        raise ValueError(
+            f"The task name {name!r} is taken by the module that holds the task encoders "
+            "(`torch.nn.ModuleDict`): choose another, e.g. 'task_" + name + "'."
+        )
     if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
         raise ValueError(
             f"A task name must be letters, digits and '_', '+', '=', '@' or '-' (not first), got {name!r}: it names "

@@ -173,6 +173,9 @@ def test_task_ids_and_task_names_are_checked(artifacts, tmp_path):
     for name in ("../outside", "a/b", "a.b", "", " a", "-a"):
         with pytest.raises(ValueError, match="A task name must be"):
             server.add_task(name, found["t5"]["full"])
+    for name in ("parameters", "keys", "training"):  # found by tests/test_properties.py
+        with pytest.raises(ValueError, match=f"task name '{name}' is taken"):
+            server.add_task(name, found["t5"]["full"])
     with pytest.raises(ValueError, match="A task name must be"):
         MultiEncoderModel.for_training(tiny_model("t5"), ["ok", "../escape"])
 
