@@ -1,11 +1,13 @@
 """What every hf-frozen artifact is made of: a config, a record and a weights file, and how they are read.
 
 - The **config** (`hf_frozen_config.json`) holds the user's hyperparameters only. It follows PEFT's `PeftConfig`
-  conventions (dataclass fields with `help` metadata, sorted JSON on disk), under its own file name so that an
-  hf-frozen artifact is never mistaken for a PEFT adapter.
+  conventions (dataclass fields with `help` metadata, sorted JSON on disk), under its own file name: PEFT's
+  `adapter_config.json` is written beside it only where PEFT can load the artifact as it stands (an encoder
+  trained with LoRA alone).
 - The **record** (`hf_frozen_record.json`) holds what applying or fitting the adapter learned: fingerprints of
   the frozen model it needs, choices made by cross-validation. hf-frozen writes it; users never do.
-- The **weights** (`hf_frozen_model.safetensors`) hold the trained tensors, safetensors only.
+- The **weights** (`adapter_model.safetensors`, PEFT's name; `hf_frozen_model.safetensors` in 0.1) hold the
+  trained tensors, safetensors only.
 
 hf-frozen 0.1 wrote the record's fields into the config; such artifacts still load (`AdapterRecord.LEGACY_KEYS`).
 """
@@ -13,6 +15,7 @@ hf-frozen 0.1 wrote the record's fields into the config; such artifacts still lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -36,7 +39,10 @@ logger = get_logger(__name__)
 
 CONFIG_NAME = "hf_frozen_config.json"
 RECORD_NAME = "hf_frozen_record.json"
-WEIGHTS_NAME = "hf_frozen_model.safetensors"
+# PEFT's file name: transformers' Trainer resumes from a checkpoint that holds it, and an encoder-LoRA artifact
+# is then a PEFT adapter as it stands.
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "hf_frozen_model.safetensors"  # what hf-frozen 0.1 wrote
 
 ConfigT = TypeVar("ConfigT", bound="FrozenAdapterConfig")
 
@@ -175,10 +181,11 @@ def save_adapter_files(
     tensors: dict[str, Any],
     config: FrozenAdapterConfig,
     record: AdapterRecord,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Write an artifact's weights, record (with the weights' checksum) and config as one set: after a crash at any
-    point, a reader finds the previous artifact or this one, whole (see `utils/io.py`). Other files in the folder
-    are kept."""
+    """Write an artifact's weights, record (with the weights' checksum), config and `extra_files` (name -> text)
+    as one set: after a crash at any point, a reader finds the previous artifact or this one, whole (see
+    `utils/io.py`). Other files in the folder are kept."""
     record = dataclasses.replace(record)
     write_weights = tensor_writer(tensors, {"adapter_type": config.ADAPTER_TYPE})
 
@@ -190,6 +197,7 @@ def save_adapter_files(
         WEIGHTS_NAME: write_weights_and_checksum,
         RECORD_NAME: lambda path: _write_text(path, record.to_json_string()),
         CONFIG_NAME: lambda path: _write_text(path, config.to_json_string()),
+        **{name: functools.partial(_write_text, text=text) for name, text in (extra_files or {}).items()},
     })  # fmt: skip
 
 
@@ -223,7 +231,13 @@ def load_adapter_files(
             raise
         record_dict = legacy
     record = record_class.from_dict(record_dict)
-    weights_path = resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token)
+    try:
+        weights_path = resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token)
+    except FileNotFoundError as missing:
+        try:
+            weights_path = resolve_file(path_or_repo_id, LEGACY_WEIGHTS_NAME, revision=revision, token=token)
+        except FileNotFoundError:
+            raise missing from None
     if record.weights_sha256 is not None and sha256_file(weights_path) != record.weights_sha256:
         raise ValueError(
             f"Weights file {weights_path} is corrupted or truncated: it does not match the checksum recorded in "

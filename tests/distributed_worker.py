@@ -86,6 +86,7 @@ def main() -> None:
         model=model, args=training_args, train_dataset=copy_task_dataset(), callbacks=[FrozenDecoderCallback()]
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(os.path.join(training_args.output_dir, "final"))  # every process calls it, as users do
 
     decoder_after = full_copies(model.decoder_tensors())
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -126,7 +126,18 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
     assert reports[0]["generated"] == reports[1]["generated"]
     # The callbacks act once: one start-of-training log line, artifacts written by the main process only.
     assert log.count(START_LOG) == 1, log[-3000:]
-    assert reports[0]["artifact_writes"] == ["checkpoint-2", "checkpoint-4"] and reports[1]["artifact_writes"] == []
+    assert reports[0]["artifact_writes"] == ["checkpoint-2", "checkpoint-4", "final"]
+    assert reports[1]["artifact_writes"] == []
+    # The Trainer saved the encoder-only artifact as the model: no full model, and no DeepSpeed shards from
+    # `save_model` (DeepSpeed's resumable state lives in the checkpoints only).
+    out = tmp_path / "run" / "out"
+    for folder in ("checkpoint-2", "checkpoint-4", "final"):
+        assert (out / folder / WEIGHTS_NAME).is_file() and not (out / folder / "model.safetensors").exists()
+    assert sorted(p.name for p in (out / "final").iterdir() if p.name.startswith(("global_step", "latest"))) == []
+    assert (
+        fingerprint_tensors(AutoFrozenModel.from_pretrained(out / "final").encoder_state_dict())
+        == reports[0]["encoder_after"]
+    )
 
     # The encoder-only artifact in the last checkpoint is complete (gathered under ZeRO-3) and, loaded in a
     # fresh single process onto the base model, generates exactly what the trained model generated.

@@ -43,7 +43,7 @@ def test_run_frozen_decoder_trains_saves_and_evaluates(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= results["eval_token_f1"] <= 1.0 and "eval_exact_match" in results
     assert len((out / "generated_predictions.txt").read_text().splitlines()) == 8
-    assert (out / "checkpoint-2" / "hf_frozen_model.safetensors").is_file()
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
     assert results["eval_num_beams"] == 3, "beam search with the paper's 3 beams is the default"
     model = AutoFrozenModel.from_pretrained(out)
     assert model.frozen_config.encoder_training == "lora"

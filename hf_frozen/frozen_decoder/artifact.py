@@ -2,10 +2,15 @@
 
 Written and read the same way by `FrozenDecoderModel` and `MultiEncoderModel`:
 
-    hf_frozen_model.safetensors   the trainable encoder-side tensors, by base-model name
+    adapter_model.safetensors     the trainable encoder-side tensors, under PEFT's names
+                                  (`base_model.model.<name in the base model>`, LoRA weights without the
+                                  adapter name)
     hf_frozen_record.json         FrozenDecoderRecord: fingerprints of the decoder side and of the frozen
                                   encoder-side tensors the artifact relies on (LoRA base weights, a tied embedding)
     hf_frozen_config.json         FrozenDecoderConfig: how the encoder was trained
+
+    adapter_config.json           PEFT's `LoraConfig`, for an encoder trained with LoRA alone: the artifact is then
+                                  a PEFT adapter (`PeftModel.from_pretrained(base, folder)` opens it)
 
 Loading checks both fingerprints before any tensor is copied, so an encoder never lands on a decoder it was not
 trained against.
@@ -13,7 +18,9 @@ trained against.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from itertools import chain
 
 import torch
@@ -22,8 +29,45 @@ from torch import nn
 from ..config import load_adapter_files, save_adapter_files
 from ..utils.fingerprint import fingerprint_tensors
 from ..utils.zero3 import full_copies, gathered
+from .base import BASE_PREFIX
 from .config import FrozenDecoderConfig
+from .freezing import ADAPTER_NAME, lora_config
 from .record import FrozenDecoderRecord
+
+PEFT_CONFIG_NAME = "adapter_config.json"
+_ADAPTER_NAME_IN_KEY = re.compile(rf"\.(lora_[A-Za-z_]+)\.{ADAPTER_NAME}(?=\.|$)")
+_LORA_KEY = re.compile(r"\.(lora_[A-Za-z_]+)(?=\.|$)")
+
+
+def to_file_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Base-model names -> the names in the weights file, PEFT's (prefixed, LoRA weights without adapter name)."""
+    return {BASE_PREFIX + _ADAPTER_NAME_IN_KEY.sub(r".\1", name): t for name, t in tensors.items()}
+
+
+def from_file_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `to_file_names`; names of hf-frozen 0.1 files (plain base-model names) pass unchanged."""
+    if not all(name.startswith(BASE_PREFIX) for name in tensors):
+        return tensors
+    return {_LORA_KEY.sub(rf".\1.{ADAPTER_NAME}", name.removeprefix(BASE_PREFIX)): t for name, t in tensors.items()}
+
+
+def peft_adapter_config(config: FrozenDecoderConfig, encoder_prefix: str) -> str | None:
+    """PEFT's `adapter_config.json` for an encoder trained with LoRA alone, else `None` (PEFT could not rebuild
+    a private encoder embedding or a fully trained encoder).
+
+    The targets are written as one regular expression anchored at the encoder, so PEFT adapts the encoder's
+    layers and never the decoder's same-named ones.
+    """
+    if config.encoder_training != "lora" or config.train_encoder_embeddings:
+        return None
+    targets = "|".join(re.escape(name) for name in config.lora_target_modules)
+    peft_config = lora_config(config)
+    peft_config.target_modules = rf"{re.escape(encoder_prefix)}(.*\.)?({targets})"
+    peft_config.task_type = "SEQ_2_SEQ_LM"
+    peft_config.inference_mode = True  # as PEFT writes it
+    peft_config.base_model_name_or_path = config.base_model_name_or_path
+    peft_config.revision = config.revision
+    return json.dumps(peft_config.to_dict(), indent=2, sort_keys=True, default=sorted) + "\n"
 
 
 def frozen_encoder_fingerprint(
@@ -52,19 +96,23 @@ def save_encoder_artifact(
     tensors: dict[str, torch.Tensor],
     config: FrozenDecoderConfig,
     record: FrozenDecoderRecord,
+    encoder_prefix: str,
     is_main_process: bool = True,
 ) -> None:
     """Write an artifact. Under ZeRO-3 call it on every process: the tensors are gathered, the main one writes."""
     tensors = full_copies(tensors)
     if is_main_process:
-        save_adapter_files(save_directory, tensors, config, record)
+        peft_config = peft_adapter_config(config, encoder_prefix)
+        extra = {PEFT_CONFIG_NAME: peft_config} if peft_config else None
+        save_adapter_files(save_directory, to_file_names(tensors), config, record, extra)
 
 
 def load_encoder_artifact(
     path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
 ) -> tuple[FrozenDecoderConfig, FrozenDecoderRecord, dict[str, torch.Tensor]]:
-    """(config, record, tensors) of an artifact in a local folder or a Hub repository."""
-    return load_adapter_files(path_or_repo_id, FrozenDecoderConfig, revision, token)
+    """(config, record, tensors by base-model name) of an artifact in a local folder or a Hub repository."""
+    config, record, tensors = load_adapter_files(path_or_repo_id, FrozenDecoderConfig, revision, token)
+    return config, record, from_file_names(tensors)
 
 
 def check_fingerprints(

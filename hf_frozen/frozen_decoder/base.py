@@ -21,14 +21,33 @@ from ..utils.zero3 import any_partitioned, full_numel
 from .freezing import check_encoder_decoder
 from .sides import module_prefix, split_sides
 
+BASE_PREFIX = "base_model.model."  # where the transformers model's tensors sit in the wrapper's state_dict
+
+
+class BaseModelLayout(nn.Module):
+    """Holds the transformers model as `.model`: PEFT's layout (`peft_model.base_model.model`).
+
+    Code written for PEFT models, transformers' `Trainer` among it, looks for the transformers model there, and
+    the wrapper's tensor names (`base_model.model.encoder...`) are then PEFT's own.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
 
 class FrozenDecoderBase(HubMixin, nn.Module):
     """An encoder-decoder `base_model` whose decoder side is fingerprinted when wrapped and checked afterwards."""
 
     def __init__(self, base_model: PreTrainedModel) -> None:
-        super().__init__()
+        # `nn.Module.__init__` by name: a subclass may also derive from `peft.PeftModel`, whose own __init__
+        # would inject adapters.
+        nn.Module.__init__(self)
         check_encoder_decoder(base_model)
-        self.base_model = base_model
+        self.base_model = BaseModelLayout(base_model)
         self.encoder_prefix = module_prefix(base_model, base_model.get_encoder())
         self._expected_decoder_fingerprint = self.decoder_fingerprint()
         # Tied tensors would be saved once per name, which safetensors refuses (Trainer checkpoints of a
@@ -37,11 +56,12 @@ class FrozenDecoderBase(HubMixin, nn.Module):
         self.register_load_state_dict_pre_hook(_restore_aliases)
 
     def get_base_model(self) -> PreTrainedModel:
-        return self.base_model
+        """The transformers model (with the adapter applied in place)."""
+        return self.base_model.model
 
     def decoder_tensors(self) -> dict[str, torch.Tensor]:
         """Every decoder-side tensor (decoder, its embeddings, the LM head, tied tensors), by base-model name."""
-        return split_sides(self.base_model, self.encoder_prefix).decoder
+        return split_sides(self.get_base_model(), self.encoder_prefix).decoder
 
     @property
     def expected_decoder_fingerprint(self) -> str:
@@ -84,12 +104,12 @@ class FrozenDecoderBase(HubMixin, nn.Module):
         Tied base-model tensors keep the canonical name `split_sides` gives them; a tensor a task encoder shares
         with the base model is saved under its base-model name.
         """
-        sides = split_sides(self.base_model, self.encoder_prefix)
-        aliases = {f"base_model.{a}": f"base_model.{c}" for a, c in sides.aliases.items()}
-        canonical = {id(t): f"base_model.{n}" for n, t in chain(sides.encoder.items(), sides.decoder.items())}
+        sides = split_sides(self.get_base_model(), self.encoder_prefix)
+        aliases = {BASE_PREFIX + a: BASE_PREFIX + c for a, c in sides.aliases.items()}
+        canonical = {id(t): BASE_PREFIX + n for n, t in chain(sides.encoder.items(), sides.decoder.items())}
         named = chain(self.named_parameters(remove_duplicate=False), self.named_buffers(remove_duplicate=False))
         for name, tensor in named:
-            if not name.startswith("base_model.") and id(tensor) in canonical:
+            if not name.startswith(BASE_PREFIX) and id(tensor) in canonical:
                 aliases[name] = canonical[id(tensor)]
         return aliases
 

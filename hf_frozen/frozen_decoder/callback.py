@@ -1,7 +1,8 @@
 """`FrozenDecoderCallback`: guards the frozen decoder inside a user's own `Trainer` and saves encoder artifacts.
 
-It serves both frozen-decoder models: a `FrozenDecoderModel` (one artifact per checkpoint) and a
-`MultiEncoderModel.for_training` (one artifact per task, in `checkpoint-*/<task>/`).
+It serves both frozen-decoder models. A `FrozenDecoderModel` needs it only for the checks: transformers' Trainer
+saves it as it saves a PEFT model (the encoder-only artifact is each checkpoint's model). For a
+`MultiEncoderModel.for_training` it also writes one artifact per task, in `checkpoint-*/<task>/`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from peft import PeftModel
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -51,12 +53,13 @@ def optimized_tensors(optimizer: Any) -> list:
 
 
 class FrozenDecoderCallback(TrainerCallback):
-    """Checks the freeze when training starts and ends, and writes the encoder-only artifact with each checkpoint.
+    """Checks the freeze when training starts and ends; writes the task artifacts of a `MultiEncoderModel` with
+    each checkpoint.
 
     Args:
-        save_artifact_with_checkpoints (`bool`, defaults to `True`): write the encoder artifact (config, record
-            and weights) into every `checkpoint-*` folder, so each checkpoint is also a small
-            loadable task encoder.
+        save_artifact_with_checkpoints (`bool`, defaults to `True`): for a `MultiEncoderModel`, write each
+            task's encoder artifact into every `checkpoint-*/<task>/` folder. (A `FrozenDecoderModel`'s artifact
+            is written by the Trainer itself.)
 
     Example:
         ```python
@@ -100,10 +103,10 @@ class FrozenDecoderCallback(TrainerCallback):
             )
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if not self.save_artifact_with_checkpoints:
-            return
-        # Every process calls this (under ZeRO-3 the weights are gathered from all of them); only the main one writes.
         model = unwrap_frozen_model(kwargs.get("model"))
+        if not self.save_artifact_with_checkpoints or isinstance(model, PeftModel):
+            return  # the Trainer saved a PeftModel's artifact itself
+        # Every process calls this (under ZeRO-3 the weights are gathered from all of them); only the main one writes.
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         model.save_pretrained(folder, is_main_process=state.is_world_process_zero)
 

@@ -4,11 +4,12 @@ DeepSpeed edits every parameter of the model it is given, trainable or not, in t
 - `fp16.enabled` / `bf16.enabled` cast all parameters to half precision in place when the engine starts, so an
   fp32 decoder stops being the fingerprinted one (and the task encoder stops matching the shared decoder);
 - `compression_training` quantizes or prunes the weights of every matching layer, the decoder's included.
-One more key cannot work with this adapter under the Trainer, and would only fail at the first checkpoint:
-- `zero_optimization.stage3_gather_16bit_weights_on_model_save` makes the Trainer write a consolidated copy of the
-  whole model in which tied tensors stay shared, which `safetensors` refuses for a model that is not a
-  `PreTrainedModel`. The encoder artifact (written by `FrozenDecoderCallback`) and DeepSpeed's own checkpoint
-  (for resuming) are what a frozen-decoder run needs.
+One more key decides whether the Trainer can save at all, and would otherwise only fail at the first checkpoint:
+- `zero_optimization.stage3_gather_16bit_weights_on_model_save` must be true for a `FrozenDecoderModel`: the
+  Trainer treats it as a PEFT model, gathers only its trainable tensors and hands them to `save_pretrained`.
+  It must be false for a `MultiEncoderModel` in training: the Trainer would write a consolidated copy of the
+  whole model in which tied tensors stay shared, which `safetensors` refuses; `FrozenDecoderCallback` writes
+  the task artifacts instead.
 The optimizer itself is safe: the Trainer hands DeepSpeed the trainable parameters only.
 """
 
@@ -18,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from peft import PeftModel
 
-from .base import FrozenDecoderBase
+from .base import BASE_PREFIX, FrozenDecoderBase
 
 _HALF_PRECISION = (("fp16", torch.float16), ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16))
 
@@ -52,15 +54,23 @@ def check_deepspeed_config(config: Mapping[str, Any], model: FrozenDecoderBase) 
             )
     zero = config.get("zero_optimization") or {}
     gather_key = "stage3_gather_16bit_weights_on_model_save"
+    gather = zero.get(gather_key)
+    if zero.get("stage") == 3 and isinstance(model, PeftModel) and gather is not True:
+        raise ValueError(
+            f"DeepSpeed ZeRO-3 config key `zero_optimization.{gather_key}` is {gather!r}: the Trainer could then "
+            "not gather the encoder to save it, and `save_model()` would leave only DeepSpeed's sharded files. Set "
+            "it to true (for `accelerate launch`: `zero3_save_16bit_model: true`): for a FrozenDecoderModel the "
+            "Trainer gathers only the trainable encoder tensors, as for a PEFT adapter."
+        )
     aliases = model.tensor_aliases()
-    if zero.get("stage") == 3 and zero.get(gather_key) is True and aliases:
+    if zero.get("stage") == 3 and not isinstance(model, PeftModel) and gather is True and aliases:
         raise ValueError(
             f"DeepSpeed config key `zero_optimization.{gather_key}` is true: the Trainer would then save a "
-            "consolidated copy of the whole model whose tied tensors (e.g. "
-            f"{sorted(aliases)[0].removeprefix('base_model.')!r}) share memory, which safetensors refuses, "
+            f"consolidated copy of the whole {type(model).__name__} whose tied tensors (e.g. "
+            f"{sorted(aliases)[0].removeprefix(BASE_PREFIX)!r}) share memory, which safetensors refuses, "
             "and the run would fail at its first checkpoint. Set it to false (for `accelerate launch`: "
             "`zero3_save_16bit_model: false`): every checkpoint still holds DeepSpeed's state for resuming and "
-            "the gathered encoder-only artifact that `FrozenDecoderCallback` writes."
+            "the gathered task artifacts that `FrozenDecoderCallback` writes."
         )
     for technique, settings in (config.get("compression_training") or {}).items():
         shared = settings.get("shared_parameters", {}) if isinstance(settings, Mapping) else {}

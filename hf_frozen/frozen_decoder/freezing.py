@@ -13,6 +13,8 @@ from ..utils.zero3 import gathered
 from .config import FrozenDecoderConfig
 from .sides import split_sides
 
+ADAPTER_NAME = "default"  # the one LoRA adapter of an encoder, under PEFT's default name
+
 # Attention query/value projection names, tried in order, when `lora_target_modules` is unset.
 _DEFAULT_LORA_TARGETS = (["q", "v"], ["q_proj", "v_proj"])
 
@@ -63,7 +65,7 @@ def apply_encoder_training(encoder: nn.Module, trainable: set[str], config: Froz
     `config.lora_target_modules` must be resolved already (`resolve_lora_targets`).
     """
     if config.encoder_training == "lora":
-        inject_adapter_in_model(lora_config(config), encoder)
+        inject_adapter_in_model(lora_config(config), encoder, adapter_name=ADAPTER_NAME)
     for name, param in encoder.named_parameters():
         param.requires_grad_(name in trainable or "lora_" in name)
 

@@ -13,9 +13,12 @@ import os
 from typing import Any
 
 import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from ..utils.fingerprint import numeric_config
+from ..utils.zero3 import any_partitioned
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
@@ -23,9 +26,10 @@ from .artifact import (
     load_encoder_artifact,
     save_encoder_artifact,
 )
-from .base import FrozenDecoderBase
+from .base import BASE_PREFIX, FrozenDecoderBase
 from .config import FrozenDecoderConfig
 from .freezing import (
+    ADAPTER_NAME,
     apply_encoder_training,
     check_encoder_decoder,
     give_encoder_own_embeddings,
@@ -36,11 +40,17 @@ from .record import FrozenDecoderRecord
 from .sides import module_prefix, split_sides
 
 
-class FrozenDecoderModel(FrozenDecoderBase):
+class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
     """An encoder-decoder model with a frozen decoder; a drop-in model for `Seq2SeqTrainer`.
 
     Create one with `hf_frozen.get_frozen_model(model, FrozenDecoderConfig(...))` and load one with
     `hf_frozen.AutoFrozenModel.from_pretrained(...)`. The base model is modified in place.
+
+    It is a `peft.PeftModel` (without PeftModel's own initialisation, which would inject adapters) so that
+    transformers' `Trainer` gives it the treatment it gives adapters: `save_model()`, every checkpoint and
+    `push_to_hub()` call `save_pretrained` and write the encoder-only artifact; under DeepSpeed only the trainable
+    tensors are gathered and checkpointed; resuming loads the artifact through `load_adapter`. It keeps PEFT's
+    layout (`model.base_model.model` is the transformers model) and its one adapter is named `"default"`.
 
     Args:
         base_model ([`~transformers.PreTrainedModel`]): an encoder-decoder model (T5, BART, Marian, ...).
@@ -102,28 +112,33 @@ class FrozenDecoderModel(FrozenDecoderBase):
         except AttributeError:
             if name == "base_model":
                 raise
-            return getattr(self.base_model, name)
+            return getattr(self.get_base_model(), name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model.generate(*args, **kwargs)
+        return self.get_base_model().generate(*args, **kwargs)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors the artifact stores: the trainable encoder-side weights, by base-model name.
 
         These are the live parameters (under DeepSpeed ZeRO-3, partitioned ones); `save_pretrained` gathers them.
         """
-        encoder = split_sides(self.base_model, self.encoder_prefix).encoder
+        encoder = split_sides(self.get_base_model(), self.encoder_prefix).encoder
         return {name: encoder[name] for name in self.artifact_keys}
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, is_main_process: bool = True, verify: bool = True, **kwargs: Any
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        verify: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **kwargs: Any,
     ) -> None:
         """Write the encoder-only artifact (weights, record and config; see `artifact.py`).
 
-        Under DeepSpeed ZeRO-3, call it on every process (as with `Trainer.save_model`): the weights are
+        Under DeepSpeed ZeRO-3, call it on every process (as `Trainer.save_model` does): the weights are
         gathered from all of them, and only the main process writes.
 
         Args:
@@ -131,14 +146,36 @@ class FrozenDecoderModel(FrozenDecoderBase):
             is_main_process (`bool`, defaults to `True`): only the main process writes (as in transformers).
             verify (`bool`, defaults to `True`): first check that the decoder is still the recorded one, so that
                 an artifact can never claim a decoder it was not trained against.
+            state_dict (`dict`, *optional*): the model's tensors, already gathered (what transformers' `Trainer`
+                passes, as to a PEFT model: under ZeRO-3 it gathers the trainable tensors on the main process
+                only, which then saves alone). Only the artifact's tensors are taken from it.
         """
-        if not self.takes_part_in_save(is_main_process):
-            return
-        if verify:
+        if state_dict is None:
+            if not self.takes_part_in_save(is_main_process):
+                return
+            tensors = self.encoder_state_dict()
+        else:
+            if not is_main_process:
+                return
+            tensors = self._artifact_tensors_from(state_dict)
+        # A decoder partitioned by ZeRO-3 can only be fingerprinted by all processes together; when the Trainer
+        # saves from the main process alone, `FrozenDecoderCallback` checks it on all of them instead.
+        if verify and (state_dict is None or not any_partitioned(self.parameters())):
             self.verify_frozen()
         save_encoder_artifact(
-            save_directory, self.encoder_state_dict(), self.frozen_config, self.record, is_main_process
+            save_directory, tensors, self.frozen_config, self.record, self.encoder_prefix, is_main_process
         )
+
+    def _artifact_tensors_from(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [name for name in self.artifact_keys if BASE_PREFIX + name not in state_dict]
+        if missing:
+            raise ValueError(
+                f"The state_dict given to save_pretrained lacks {len(missing)} of the {len(self.artifact_keys)} "
+                f"trainable encoder tensors (e.g. {BASE_PREFIX + missing[0]!r}). Under DeepSpeed ZeRO-3, set "
+                "`zero_optimization.stage3_gather_16bit_weights_on_model_save` to true so that the Trainer "
+                "gathers them; or call save_pretrained without a state_dict."
+            )
+        return {name: state_dict[BASE_PREFIX + name] for name in self.artifact_keys}
 
     @classmethod
     def from_pretrained(
@@ -182,6 +219,61 @@ class FrozenDecoderModel(FrozenDecoderBase):
             model.eval()
         return model
 
+    # -- the PeftModel members transformers' Trainer uses ----------------------------------------------------
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [ADAPTER_NAME]
+
+    @property
+    def active_adapter(self) -> str:
+        return ADAPTER_NAME
+
+    def set_adapter(self, adapter_name: str) -> None:
+        if adapter_name != ADAPTER_NAME:
+            raise ValueError(f"A FrozenDecoderModel has one adapter, {ADAPTER_NAME!r}; got {adapter_name!r}.")
+
+    def load_adapter(
+        self, model_id: str | os.PathLike, adapter_name: str = ADAPTER_NAME, is_trainable: bool = False, **kwargs: Any
+    ) -> None:
+        """Load the encoder weights of an artifact (or of a `Trainer` checkpoint) into this model, after checking
+        that it was trained against this model's decoder. What `Trainer` calls to resume or to load the best
+        checkpoint. Which weights train stays as it is.
+        """
+        self.set_adapter(adapter_name)
+        config, record, tensors = load_encoder_artifact(model_id, kwargs.get("revision"), kwargs.get("token"))
+        base_name = getattr(self.get_base_model().config, "_name_or_path", "") or type(self.get_base_model()).__name__
+        check_fingerprints(record, self.record, f"The encoder in {model_id}", base_name,
+                           config.base_model_name_or_path)  # fmt: skip
+        copy_artifact_tensors(self.encoder_state_dict(), tensors, str(model_id))
+
+    # -- leaving hf-frozen -----------------------------------------------------------------------------------
+
+    def merge_and_unload(self) -> PreTrainedModel:
+        """The plain transformers model, with LoRA weights merged into the encoder's layers (as PEFT's
+        `merge_and_unload`): `save_pretrained` on it writes a checkpoint that `AutoModelForSeq2SeqLM` loads and
+        that generates what this model generates. The base model is changed in place; this wrapper is spent.
+
+        An encoder trained with `train_encoder_embeddings=True` has its own copy of the embedding, which a stock
+        checkpoint cannot hold (loading ties it back to the decoder's): it is refused.
+        """
+        if self.frozen_config.train_encoder_embeddings:
+            raise ValueError(
+                "This encoder has its own input embeddings (`train_encoder_embeddings=True`), which a plain "
+                f"{type(self.get_base_model()).__name__} checkpoint cannot hold: loading it would tie the encoder "
+                "back to the decoder's embeddings. Serve it with hf-frozen (`AutoFrozenModel`) instead."
+            )
+        base = self.get_base_model()
+        encoder = base.get_encoder()
+        with torch.no_grad():
+            for name, module in list(encoder.named_modules()):
+                if isinstance(module, LoraLayer):
+                    module.merge(adapter_names=[ADAPTER_NAME])
+                    parent_name, _, child = name.rpartition(".")
+                    setattr(encoder.get_submodule(parent_name), child, module.get_base_layer())
+        del base._hf_frozen_adapter
+        return base
+
     def model_card(self) -> str:
         config = self.frozen_config
         base = config.base_model_name_or_path or "unknown"
@@ -196,7 +288,7 @@ tags:
 
 # Frozen-decoder task encoder
 
-This repository holds only the **encoder side** of a fine-tuned `{type(self.base_model).__name__}`: its decoder,
+This repository holds only the **encoder side** of a fine-tuned `{type(self.get_base_model()).__name__}`: its decoder,
 decoder embeddings and LM head are the unchanged ones of [`{base}`](https://huggingface.co/{base}), so many task
 encoders can share one decoder.
 

@@ -116,7 +116,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         # The artifact's tensors are the task's own; every other encoder tensor is the base model's, shared.
         own = {k.removeprefix(self.encoder_prefix) for k in tensors if k.startswith(self.encoder_prefix)}
         encoder = self._copy_encoder(config, own, trainable=set()).requires_grad_(False).eval()
-        base_name = getattr(self.base_model.config, "_name_or_path", "") or type(self.base_model).__name__
+        base_name = getattr(self.get_base_model().config, "_name_or_path", "") or type(self.get_base_model()).__name__
         check_fingerprints(record, self._record_of(encoder), f"Task {name!r}: the encoder in {source}", base_name,
                            config.base_model_name_or_path)  # fmt: skip
         outside = sorted(k for k in tensors if not k.startswith(self.encoder_prefix))
@@ -153,7 +153,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         `copy.deepcopy` with a memo: every other tensor (frozen weights, LoRA's base weights, a tied embedding)
         stays the base model's own object, so it is held once however many tasks there are.
         """
-        base_encoder = self.base_model.get_encoder()
+        base_encoder = self.get_base_model().get_encoder()
         named = chain(base_encoder.named_parameters(remove_duplicate=False), base_encoder.named_buffers())
         memo = {id(t): t for n, t in named if n not in own}
         encoder = copy.deepcopy(base_encoder, memo)
@@ -162,7 +162,7 @@ class MultiEncoderModel(FrozenDecoderBase):
 
     def _own_tensors(self, encoder: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
         """The tensors of a task encoder that are not the base model's, by base-model name."""
-        shared = {id(t) for t in chain(self.base_model.parameters(), self.base_model.buffers())}
+        shared = {id(t) for t in chain(self.get_base_model().parameters(), self.get_base_model().buffers())}
         named = chain(encoder.named_parameters(), encoder.named_buffers() if buffers else ())
         return {self.encoder_prefix + n: t for n, t in named if id(t) not in shared}
 
@@ -174,7 +174,7 @@ class MultiEncoderModel(FrozenDecoderBase):
             frozen_encoder_fingerprint=frozen_encoder_fingerprint(
                 encoder, self.encoder_prefix, self.decoder_tensors(), own
             ),
-            base_config=numeric_config(self.base_model.config),
+            base_config=numeric_config(self.get_base_model().config),
         )
 
     def _check_tasks(self, tasks: list[str]) -> None:
@@ -231,7 +231,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         for name, encoder in self.encoders.items():
             folder = os.path.join(save_directory, name)
             save_encoder_artifact(folder, self._own_tensors(encoder), self.task_configs[name],
-                                  self.task_records[name], is_main_process)  # fmt: skip
+                                  self.task_records[name], self.encoder_prefix, is_main_process)  # fmt: skip
 
     # -- inference --------------------------------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         if tasks is None:
             raise ValueError("Pass `tasks=[...]`, one task name per example.")
         hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)
-        return self.base_model.generate(
+        return self.get_base_model().generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, **generate_kwargs
         )
 
@@ -306,7 +306,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         if tasks is None:
             raise ValueError("Pass `tasks=[...]` (one task name per example) or `task_ids`.")
         hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)
-        return self.base_model(
+        return self.get_base_model()(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, labels=labels,
             **kwargs,
         )  # fmt: skip

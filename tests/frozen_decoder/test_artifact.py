@@ -21,8 +21,9 @@ from .helpers import generations, trained_artifact
 def test_artifact_holds_encoder_weights_only(tmp_path):
     model, artifact = trained_artifact("t5", "full", tmp_path)
     tensors = load_file(artifact / WEIGHTS_NAME)
-    assert sorted(tensors) == model.artifact_keys
-    assert all(name.startswith("encoder.") for name in tensors)
+    # PEFT's names: the transformers model sits at `base_model.model` in the wrapper, as in a PeftModel.
+    assert sorted(tensors) == ["base_model.model." + name for name in model.artifact_keys]
+    assert all(name.startswith("base_model.model.encoder.") for name in tensors)
     config = json.loads((artifact / CONFIG_NAME).read_text())
     assert config["base_model_name_or_path"] == str(tmp_path / "t5-base")
     record = json.loads((artifact / RECORD_NAME).read_text())
@@ -60,7 +61,8 @@ def test_loaded_model_is_frozen_unless_trainable(tmp_path):
     assert isinstance(frozen, FrozenDecoderModel) and not frozen.training
     assert not any(p.requires_grad for p in frozen.parameters())
     trainable = AutoFrozenModel.from_pretrained(artifact, is_trainable=True)
-    assert sorted(n for n, p in trainable.base_model.named_parameters() if p.requires_grad) == trainable.artifact_keys
+    trained = sorted(n for n, p in trainable.get_base_model().named_parameters() if p.requires_grad)
+    assert trained == trainable.artifact_keys
 
 
 def test_other_decoder_is_refused(tmp_path):
@@ -92,18 +94,19 @@ def rewrite_weights(artifact, tensors):
 def test_missing_extra_and_misshaped_weights_are_refused(tmp_path):
     _, artifact = trained_artifact("t5", "full", tmp_path)
     tensors = load_file(artifact / WEIGHTS_NAME)
-    name = sorted(tensors)[0]
+    file_name = sorted(tensors)[0]
+    name = file_name.removeprefix("base_model.model.")
 
-    broken = {k: v for k, v in tensors.items() if k != name}
+    broken = {k: v for k, v in tensors.items() if k != file_name}
     rewrite_weights(artifact, broken)
     with pytest.raises(ValueError, match=rf"missing \['{name}'\]"):
         AutoFrozenModel.from_pretrained(artifact)
 
-    rewrite_weights(artifact, {**tensors, "encoder.extra.weight": torch.zeros(1)})
+    rewrite_weights(artifact, {**tensors, "base_model.model.encoder.extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected \\['encoder.extra.weight'\\]"):
         AutoFrozenModel.from_pretrained(artifact)
 
-    rewrite_weights(artifact, {**tensors, name: torch.zeros(3, 3)})
+    rewrite_weights(artifact, {**tensors, file_name: torch.zeros(3, 3)})
     with pytest.raises(ValueError, match=f"Tensor '{name}' .* has shape \\(3, 3\\)"):
         AutoFrozenModel.from_pretrained(artifact)
 
@@ -127,7 +130,7 @@ def test_save_is_refused_when_the_decoder_changed(tmp_path):
     saved = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     # The decoder was changed behind the adapter's back: saving is refused before anything is written.
     with torch.no_grad():
-        model.base_model.lm_head.weight.add_(1.0)
+        model.get_base_model().lm_head.weight.add_(1.0)
     with pytest.raises(RuntimeError, match="decoder changed"):
         model.save_pretrained(tmp_path)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved

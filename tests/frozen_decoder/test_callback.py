@@ -23,7 +23,7 @@ def test_callback_catches_a_decoder_changed_during_training(tmp_path):
     class EditDecoder(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             with torch.no_grad():
-                model.base_model.decoder.final_layer_norm.weight.add_(1.0)
+                model.get_base_model().decoder.final_layer_norm.weight.add_(1.0)
 
     from hf_frozen import FrozenDecoderCallback
 

@@ -15,7 +15,7 @@ from .helpers import MODES, assert_decoder_identical, snapshot
 @pytest.mark.parametrize("family", FAMILIES)
 def test_only_encoder_side_trains(family, mode):
     model = get_frozen_model(tiny_model(family), MODES[mode])
-    trainable = [n for n, p in model.base_model.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in model.get_base_model().named_parameters() if p.requires_grad]
     assert trainable, "something must train"
     assert all(n.startswith(model.encoder_prefix) for n in trainable)
     assert not any(t.requires_grad for t in model.decoder_tensors().values())
@@ -23,7 +23,7 @@ def test_only_encoder_side_trains(family, mode):
     if mode.startswith("lora"):
         assert any("lora_A" in n for n in trainable)
         assert all("lora_" in n or "embed_tokens" in n for n in trainable)
-    embedding = model.base_model.get_encoder().get_input_embeddings().weight
+    embedding = model.get_base_model().get_encoder().get_input_embeddings().weight
     assert embedding.requires_grad == mode.endswith("embeddings")
 
 
@@ -57,7 +57,7 @@ def test_gradient_checkpointing_still_trains_encoder_only(family, mode, tmp_path
     decoder_before = snapshot(model.decoder_tensors())
     encoder_before = snapshot(model.encoder_state_dict())
     make_trainer(model, str(tmp_path), gradient_checkpointing=True).train()
-    assert model.base_model.is_gradient_checkpointing
+    assert model.get_base_model().is_gradient_checkpointing
     assert_decoder_identical(model, decoder_before)
     after = model.encoder_state_dict()
     assert sum(not torch.equal(encoder_before[n], after[n]) for n in after) >= len(after) // 2
@@ -65,7 +65,7 @@ def test_gradient_checkpointing_still_trains_encoder_only(family, mode, tmp_path
 
 def test_tie_weights_cannot_retie_a_private_encoder_embedding():
     model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig(train_encoder_embeddings=True))
-    base = model.base_model
+    base = model.get_base_model()
     assert base.encoder.embed_tokens.weight is not base.shared.weight
     base.tie_weights()
     assert base.encoder.embed_tokens.weight is not base.shared.weight
@@ -74,7 +74,7 @@ def test_tie_weights_cannot_retie_a_private_encoder_embedding():
 
 def test_frozen_sinusoidal_positions_stay_frozen():
     model = get_frozen_model(tiny_model("marian"), FrozenDecoderConfig())
-    assert not model.base_model.model.encoder.embed_positions.weight.requires_grad
+    assert not model.get_base_model().model.encoder.embed_positions.weight.requires_grad
 
 
 @pytest.mark.parametrize(

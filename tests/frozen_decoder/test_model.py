@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_frozen import FrozenDecoderConfig, get_frozen_model
+from hf_frozen.config import CONFIG_NAME, WEIGHTS_NAME
 
 from ..tiny_models import copy_task_dataset, tiny_model
 from ..trainer_utils import make_trainer
@@ -19,9 +20,9 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(family, tmp_path):
     first = get_frozen_model(tiny_model(family), config)
     make_trainer(first, str(tmp_path / "resumed"), max_steps=4, save_strategy="steps", save_steps=2).train()
     checkpoint = tmp_path / "resumed" / "checkpoint-2"
-    # The callback wrote the encoder-only artifact into the Trainer checkpoint.
-    assert (checkpoint / "hf_frozen_model.safetensors").is_file()
-    assert (checkpoint / "hf_frozen_config.json").is_file()
+    # The Trainer itself wrote the encoder-only artifact as the checkpoint's model, and no full model.
+    assert (checkpoint / WEIGHTS_NAME).is_file() and (checkpoint / CONFIG_NAME).is_file()
+    assert not (checkpoint / "model.safetensors").exists()
 
     resumed = get_frozen_model(tiny_model(family), config)
     decoder_before = snapshot(resumed.decoder_tensors())
@@ -36,11 +37,11 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(family, tmp_path):
 def test_state_dict_has_no_tied_duplicates_and_loads_strictly():
     model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig())
     state = model.state_dict()
-    assert "base_model.shared.weight" not in state or "base_model.lm_head.weight" not in state
+    assert "base_model.model.shared.weight" not in state or "base_model.model.lm_head.weight" not in state
     other = get_frozen_model(tiny_model("t5", seed=1), FrozenDecoderConfig())
     other.load_state_dict(state, strict=True)
-    assert other.base_model.lm_head.weight is other.base_model.shared.weight, "ties survive loading"
-    torch.testing.assert_close(other.base_model.lm_head.weight, model.base_model.lm_head.weight)
+    assert other.get_base_model().lm_head.weight is other.get_base_model().shared.weight, "ties survive loading"
+    torch.testing.assert_close(other.get_base_model().lm_head.weight, model.get_base_model().lm_head.weight)
 
 
 def test_wrapping_twice_is_refused():

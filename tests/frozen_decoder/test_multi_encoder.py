@@ -66,17 +66,17 @@ def test_decoder_is_held_once_and_tasks_are_listed(artifacts):
     server = MultiEncoderModel.from_pretrained(str(root / "t5"), found["t5"])
     listing = server.tasks()
     assert sorted(listing) == sorted(MODES)
-    encoder_params = sum(p.numel() for p in server.base_model.get_encoder().parameters())
-    embedding = server.base_model.shared.weight.numel()
+    encoder_params = sum(p.numel() for p in server.get_base_model().get_encoder().parameters())
+    embedding = server.get_base_model().shared.weight.numel()
     assert listing["full"]["parameters"] == encoder_params - embedding  # the tied embedding stays shared
     assert listing["full+embeddings"]["parameters"] == encoder_params
     assert 0 < listing["lora"]["parameters"] < listing["full"]["parameters"] // 4  # only the LoRA weights
     assert listing["full"]["bytes"] == 4 * listing["full"]["parameters"]
-    shared = server.base_model.shared.weight
+    shared = server.get_base_model().shared.weight
     assert server.encoders["full"].get_input_embeddings().weight is shared  # the same object, not a copy
     assert server.encoders["lora"].get_input_embeddings().weight is shared
     assert server.encoders["full+embeddings"].get_input_embeddings().weight is not shared
-    assert all(p.data_ptr() != server.base_model.decoder.block[0].layer[0].SelfAttention.q.weight.data_ptr()
+    assert all(p.data_ptr() != server.get_base_model().decoder.block[0].layer[0].SelfAttention.q.weight.data_ptr()
                for e in server.encoders.values() for p in e.parameters())  # fmt: skip
 
 
@@ -124,7 +124,7 @@ def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
     tiny_model("bart").save_pretrained(tmp_path / "base")
     base = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "base")
     model = MultiEncoderModel.for_training(base, ["reverse", "copy"], MODES[mode])
-    decoder_before = {n: t.clone() for n, t in model.base_model.get_decoder().state_dict().items()}
+    decoder_before = {n: t.clone() for n, t in model.get_base_model().get_decoder().state_dict().items()}
     reverse = copy_task_dataset(32, seed=0)
     copy_ = copy_task_dataset(32, seed=1).map(lambda row: {"labels": row["input_ids"]})
     stream = model.add_task_ids(mix_tasks({"reverse": reverse, "copy": copy_}, seed=0))
@@ -134,7 +134,7 @@ def test_joint_training_of_one_encoder_per_task(tmp_path, mode):
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=stream.remove_columns(["task"]))
     trainer.train()
 
-    decoder_after = model.base_model.get_decoder().state_dict()
+    decoder_after = model.get_base_model().get_decoder().state_dict()
     assert all(torch.equal(decoder_before[n], decoder_after[n]) for n in decoder_before)
     for task, before in encoders_before.items():
         after = dict(model.encoders[task].named_parameters())
