@@ -56,7 +56,7 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct and Rotten Tomatoes loaded in {time.perf_counter() - start:.1f}s: "
           f"{len(train)} training examples ({args.shots} per class), {len(split['test'])} test examples")  # fmt: skip
 
-    config = DecTConfig(**ROTTEN_TOMATOES_PROMPT, cache_dir=str(CACHE / "dect-queries"))
+    config = DecTConfig(**ROTTEN_TOMATOES_PROMPT, query_cache_dir=str(CACHE / "dect-queries"))
     dect = get_frozen_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
     test_start = time.perf_counter()

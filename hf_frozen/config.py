@@ -82,25 +82,16 @@ class AdapterRecord:
 class FrozenAdapterConfig:
     """Fields and file handling shared by all hf-frozen adapter configs.
 
-    Args:
-        base_model_name_or_path (`str`, *optional*, defaults to `None`):
-            Hub id or local path of the frozen base model. Filled in from the model when the adapter is applied.
-        revision (`str`, *optional*, defaults to `None`):
-            Revision (branch, tag or commit) of the base model on the Hub.
+    Each adapter's field names are distinct from `TrainingArguments`' and from the other adapter's, so that one
+    `HfArgumentParser` takes a config class beside the training arguments and a script's own dataclasses.
     """
 
     # Each subclass names its adapter type; it is written to disk so that `AutoFrozenModel` can dispatch.
     ADAPTER_TYPE: ClassVar[str] = ""
     # The adapter's record class: the keys hf-frozen 0.1 wrote into configs for it are skipped when reading.
     RECORD_CLASS: ClassVar[type[AdapterRecord]] = AdapterRecord
-
-    base_model_name_or_path: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Hub id or local path of the frozen base model (filled in from the model if unset)."},
-    )
-    revision: str | None = dataclasses.field(
-        default=None, metadata={"help": "Revision (branch, tag or commit) of the base model on the Hub."}
-    )
+    # Field renames since hf-frozen 0.1 (old name -> new name), applied to saved configs when they are read.
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, plus the adapter type and the hf-frozen version that wrote them."""
@@ -126,7 +117,7 @@ class FrozenAdapterConfig:
         and raise `ValueError`.
         """
         moved = set(cls.RECORD_CLASS.LEGACY_KEYS.values())
-        data = {k: v for k, v in data.items() if k not in moved}
+        data = {cls.RENAMED_FIELDS.get(k, k): v for k, v in data.items() if k not in moved}
         adapter_type = data.pop("adapter_type", cls.ADAPTER_TYPE)
         if adapter_type != cls.ADAPTER_TYPE:
             raise ValueError(

@@ -67,15 +67,17 @@ class Case:
 CASES = {
     "frozen_decoder-t5-full": Case(
         lambda tmp: trained_artifact("t5", "full", tmp)[0], frozen_outputs,
-        lambda m, tmp: ["library_name: hf-frozen", f"base_model: {tmp / 't5-base'}", m.record.decoder_fingerprint],
+        lambda m, tmp: ["library_name: hf-frozen", "pipeline_tag: text2text-generation", "- frozen-decoder",
+                        'from_pretrained("me/task")', m.record.decoder_fingerprint],
     ),
     "frozen_decoder-bart-lora+embeddings": Case(
         lambda tmp: trained_artifact("bart", "lora+embeddings", tmp)[0], frozen_outputs,
-        lambda m, tmp: ["library_name: hf-frozen", f"base_model: {tmp / 'bart-base'}", m.record.decoder_fingerprint],
+        lambda m, tmp: ["library_name: hf-frozen", "pipeline_tag: text2text-generation", m.record.decoder_fingerprint],
     ),
     "dect-masked_lm": Case(
         lambda tmp: dect_on_disk("masked_lm", tmp), dect_scores,
-        lambda m, tmp: ["library_name: hf-frozen", "- dect", f"Training steps: `{m.record.steps}`"],
+        lambda m, tmp: ["library_name: hf-frozen", "pipeline_tag: text-classification", "- dect",
+                        f"Training steps: `{m.record.steps}`"],
     ),
     "dect-seq2seq_lm-fixed-weight": Case(
         lambda tmp: dect_on_disk("seq2seq_lm", tmp, zero_shot_weight=0.5, steps=7), dect_scores,
@@ -124,6 +126,7 @@ def test_push_to_hub_and_load_back(case, tmp_path, monkeypatch):
     card = (uploaded / "README.md").read_text()
     for text in CASES[case].card(model, tmp_path):
         assert text in card
+    assert "base_model:" not in card, "a local path is no base model for the Hub"
     assert_same_outputs(CASES[case].outputs(AutoFrozenModel.from_pretrained("me/task")), CASES[case].outputs(model))
     with pytest.raises(FileNotFoundError, match="Could not find hf_frozen_config.json"):
         AutoFrozenModel.from_pretrained("me/missing-repo")

@@ -64,7 +64,8 @@ def run_script(argv: list[str]) -> None:
 
 def generate_in_fresh_process(loader: str, path: Path) -> list:
     code = (
-        "import json, sys, torch; from transformers import AutoModelForSeq2SeqLM; from hf_frozen import AutoFrozenModel; "
+        "import json, sys, torch; from transformers import AutoModelForSeq2SeqLM; "
+        "from hf_frozen import AutoFrozenModel; "
         f"m = {loader}(sys.argv[1]).eval(); "
         "print(json.dumps(m.generate(input_ids=torch.tensor([[5, 6, 7, 8, 1]]), max_new_tokens=5, num_beams=3, "
         "do_sample=False).tolist()))"

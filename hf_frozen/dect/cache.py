@@ -136,14 +136,14 @@ class CachedQueries:
 
     Args:
         backbone: what answers the queries.
-        config ([`DecTConfig`]): the prompt settings (part of every key), `batch_size` and `cache_dir`.
+        config ([`DecTConfig`]): the prompt settings (part of every key), `batch_size` and `query_cache_dir`.
     """
 
     def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
         self.backbone = backbone
         self.settings = query_settings(config)
         self.batch_size = config.batch_size
-        self.cache = QueryCache(config.cache_dir)
+        self.cache = QueryCache(config.query_cache_dir)
         self.num_queries = 0  # backbone queries made: one per uncached example
         self.show_progress = True
 

@@ -44,7 +44,7 @@ class DecTRunArguments:
     train_split: str = dataclasses.field(default="train", metadata={"help": "Split of `dataset_name` to fit on."})
     test_split: str = dataclasses.field(default="test", metadata={"help": "Split of `dataset_name` to test on."})
     shots: int | None = dataclasses.field(
-        default=None, metadata={"help": "Fit on this many examples per class, drawn by --seed; unset: all."}
+        default=None, metadata={"help": "Fit on this many examples per class, drawn by --head_seed; unset: all."}
     )
 
 
@@ -72,9 +72,9 @@ def dect_main(argv: list[str]) -> dict:
         run, config = parser.parse_args_into_dataclasses(argv)
     train, test = _load_splits(run)
     if run.shots is not None:
-        train = few_shot(train, config.label_column, run.shots, config.seed)
+        train = few_shot(train, config.label_column, run.shots, config.head_seed)
     backbone, tokenizer = load_backbone(run.model_name_or_path, run.backbone)
-    config.base_model_name_or_path = run.model_name_or_path
+    config.backbone_name_or_path = run.model_name_or_path
     dect: DecTModel = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
     metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,

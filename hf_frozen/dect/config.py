@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
+import warnings
 from typing import Literal
 
 from ..config import FrozenAdapterConfig, check_positive
@@ -44,7 +45,7 @@ class DecTConfig(FrozenAdapterConfig):
             the training cache among `steps_candidates`, together with the zero-shot weight: fewer steps keep the
             head closer to its initialisation, which helps when the features separate the classes only weakly.
         steps_candidates (`list[int]`, defaults to `[10, 30]`): the step counts cross-validation chooses among.
-        learning_rate (`float`, defaults to `0.01`): Adam learning rate.
+        head_learning_rate (`float`, defaults to `0.01`): Adam learning rate of the head.
         zero_shot_weight (`float`, *optional*): weight of the zero-shot scores in the final score.
             Unset (the default) picks it by cross-validation on the training cache among
             `zero_shot_weight_candidates`, head alone (0) and prompt alone included. The reference code's
@@ -62,12 +63,34 @@ class DecTConfig(FrozenAdapterConfig):
             over the prompt's tokens (for encoders trained for mean pooling, such as sentence transformers).
         batch_size (`int`, defaults to `16`): backbone queries per forward pass.
         max_length (`int`, defaults to `512`): prompt tokens kept; the input text is cut, never the answer slot.
-        cache_dir (`str`, *optional*): where query results are cached on disk; unset keeps them in memory.
-        seed (`int`, defaults to `0`): seed of the prototypes, the projection and cross-validation folds.
+        query_cache_dir (`str`, *optional*): where query results are cached on disk; unset keeps them in memory.
+        head_seed (`int`, defaults to `0`): seed of the prototypes, the projection and cross-validation folds.
+        backbone_name_or_path (`str`, *optional*): Hub id or local path of the frozen backbone; filled in from
+            the model when the head is applied.
+        backbone_revision (`str`, *optional*): revision of the backbone on the Hub.
+
+    Field names differ from `TrainingArguments`' and `FrozenDecoderConfig`'s, so one `HfArgumentParser` takes
+    them all; the names before 0.2 (`learning_rate`, `seed`, `cache_dir`, `base_model_name_or_path`, `revision`)
+    are still accepted as keywords, with a `FutureWarning`.
     """
 
     ADAPTER_TYPE = "dect"
     RECORD_CLASS = DecTRecord
+    RENAMED_FIELDS = {
+        "base_model_name_or_path": "backbone_name_or_path",
+        "revision": "backbone_revision",
+        "learning_rate": "head_learning_rate",
+        "seed": "head_seed",
+        "cache_dir": "query_cache_dir",
+    }
+
+    backbone_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Hub id or local path of the frozen backbone (filled in from the model if unset)."},
+    )
+    backbone_revision: str | None = dataclasses.field(
+        default=None, metadata={"help": "Revision (branch, tag or commit) of the backbone on the Hub."}
+    )
 
     template: str = dataclasses.field(
         default="{text} It was {answer}.",
@@ -103,7 +126,7 @@ class DecTConfig(FrozenAdapterConfig):
         default_factory=lambda: [10, 30],
         metadata={"help": "Step counts that cross-validation chooses among when steps is unset."},
     )
-    learning_rate: float = dataclasses.field(default=0.01, metadata={"help": "Adam learning rate of the head."})
+    head_learning_rate: float = dataclasses.field(default=0.01, metadata={"help": "Adam learning rate of the head."})
     zero_shot_weight: float | None = dataclasses.field(
         default=None,
         metadata={
@@ -135,12 +158,36 @@ class DecTConfig(FrozenAdapterConfig):
     max_length: int = dataclasses.field(
         default=512, metadata={"help": "Prompt tokens kept (the input text is cut, never the answer slot)."}
     )
-    cache_dir: str | None = dataclasses.field(
+    query_cache_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Folder for the on-disk query cache (unset: in memory only)."}
     )
-    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prototypes, projection and CV folds."})
+    head_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prototypes, projection and CV folds."})
 
-    def __post_init__(self) -> None:
+    # The names before 0.2, still accepted (with a FutureWarning) but no longer fields: they clashed with
+    # `TrainingArguments` (learning_rate, seed), with run_*.py scripts' own `cache_dir`, and with
+    # `FrozenDecoderConfig` (base_model_name_or_path, revision) in one `HfArgumentParser`.
+    learning_rate: dataclasses.InitVar[float | None] = None
+    seed: dataclasses.InitVar[int | None] = None
+    cache_dir: dataclasses.InitVar[str | None] = None
+    base_model_name_or_path: dataclasses.InitVar[str | None] = None
+    revision: dataclasses.InitVar[str | None] = None
+
+    def __post_init__(
+        self,
+        learning_rate: float | None,
+        seed: int | None,
+        cache_dir: str | None,
+        base_model_name_or_path: str | None,
+        revision: str | None,
+    ) -> None:
+        old_names = dict(learning_rate=learning_rate, seed=seed, cache_dir=cache_dir,
+                         base_model_name_or_path=base_model_name_or_path, revision=revision)  # fmt: skip
+        for old, value in old_names.items():
+            if value is not None:
+                new = self.RENAMED_FIELDS[old]
+                warnings.warn(f"DecTConfig's `{old}` is now `{new}`; the old name will be removed in 0.3.",
+                              FutureWarning, stacklevel=3)  # fmt: skip
+                setattr(self, new, value)
         self.label_words = _normalize_label_words(self.label_words)
         if self.labels is None:
             self.labels = [words[0] for words in self.label_words]
@@ -167,7 +214,7 @@ class DecTConfig(FrozenAdapterConfig):
             )
         for name in ("projection_dim", "batch_size", "max_length"):
             check_positive(self, name, integer=True)
-        check_positive(self, "learning_rate")
+        check_positive(self, "head_learning_rate")
         if self.steps is not None:
             check_positive(self, "steps", integer=True)
         if not self.steps_candidates or any(

@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
-from ..utils.hub import HubMixin
+from ..utils.hub import HubMixin, build_model_card
 from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind, load_backbone
 from .cache import CachedQueries
@@ -81,11 +81,11 @@ class DecTModel(CachedQueries, HubMixin):
         config = copy.deepcopy(config)
         if detect_kind(model) == "callable":
             backbone: Backbone = CallableBackbone(model, config, backbone_name or "", answer_placeholder)
-            config.base_model_name_or_path = config.base_model_name_or_path or backbone_name
+            config.backbone_name_or_path = config.backbone_name_or_path or backbone_name
         else:
             backbone = HFBackbone(model, tokenizer, config)
-            if config.base_model_name_or_path is None:
-                config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
+            if config.backbone_name_or_path is None:
+                config.backbone_name_or_path = getattr(model.config, "_name_or_path", None) or None
         return cls(backbone, config)
 
     # -- zero-shot scores and features ------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class DecTModel(CachedQueries, HubMixin):
             # The empty input is the calibration query anyway: its answer tells the hidden size.
             hidden_size = self.record.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
         c = self.config
-        return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.seed, standardize=c.standardize_hidden)
+        return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.head_seed, standardize=c.standardize_hidden)
 
     def prepare_head(self, head: DecTHead, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
                      steps: list[int] | None = None) -> torch.Tensor | None:  # fmt: skip
@@ -176,7 +176,7 @@ class DecTModel(CachedQueries, HubMixin):
         extracted = time.perf_counter()
         head = self.new_head(hidden.shape[1])
         scores = self.prepare_head(head, hidden, raw, labels)
-        train_head(head, hidden, scores, labels, self.record.steps, self.config.learning_rate, initialize=False)
+        train_head(head, hidden, scores, labels, self.record.steps, self.config.head_learning_rate, initialize=False)
         self.use_head(head, self.record.steps)
         done = time.perf_counter()
         self.fit_seconds = {"extraction": extracted - start, "training": done - extracted, "total": done - start}
@@ -263,9 +263,9 @@ class DecTModel(CachedQueries, HubMixin):
         if record.backbone_kind == "callable":
             if not callable(base_model):
                 raise ValueError("This DecT head was fitted on a callable backbone: pass it again as `base_model=`.")
-            backbone_name = backbone_name or config.base_model_name_or_path
+            backbone_name = backbone_name or config.backbone_name_or_path
         elif base_model is None or isinstance(base_model, str):
-            base_id = base_model or config.base_model_name_or_path
+            base_id = base_model or config.backbone_name_or_path
             if not base_id:
                 raise ValueError(f"{path_or_repo_id} records no backbone: pass `base_model=` (a model or its id).")
             if record.backbone_kind not in AUTO_CLASSES:
@@ -282,7 +282,7 @@ class DecTModel(CachedQueries, HubMixin):
                 f"The DecT head in {path_or_repo_id} was fitted on another backbone than the one given "
                 f"({'its config or tokenizer settings differ' if settings_changed else 'other weights or vocabulary'}"
                 f"): its hidden states would not match. Use the recorded backbone "
-                f"{config.base_model_name_or_path!r} with its config and tokenizer unchanged."
+                f"{config.backbone_name_or_path!r} with its config and tokenizer unchanged."
             )
         model.record = record
         head = model.new_head(record.hidden_size)
@@ -294,25 +294,18 @@ class DecTModel(CachedQueries, HubMixin):
         model.calibration = tensors.get("calibration")
         return model
 
-    def model_card(self) -> str:
-        return model_card(self.config, self.record)
+    def model_card(self, repo_id: str | None = None) -> str:
+        return model_card(self.config, self.record, repo_id)
 
 
-def model_card(c: DecTConfig, r: DecTRecord) -> str:
-    """The README.md that `push_to_hub` uploads with a DecT head."""
+def model_card(c: DecTConfig, r: DecTRecord, repo_id: str | None = None) -> str:
+    """The README.md that `push_to_hub` uploads with a DecT head (through `huggingface_hub.ModelCard`)."""
     classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
-    return f"""---
-library_name: hf-frozen
-base_model: {c.base_model_name_or_path or "unknown"}
-tags:
-- hf-frozen
-- dect
----
-
+    body = f"""
 # DecT head
 
 A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbone
-`{c.base_model_name_or_path}` ({r.backbone_kind}): a {c.projection_dim}-dimensional prototype decoder over the
+`{c.backbone_name_or_path}` ({r.backbone_kind}): a {c.projection_dim}-dimensional prototype decoder over the
 backbone's hidden state at the answer slot, combined with the prompt's label-word scores.
 
 - Template: `{c.template}`
@@ -325,7 +318,8 @@ backbone's hidden state at the answer slot, combined with the prompt's label-wor
 ```python
 from hf_frozen import AutoFrozenModel
 
-dect = AutoFrozenModel.from_pretrained("<this repo id>")
+dect = AutoFrozenModel.from_pretrained("{repo_id or "<this repo id>"}")
 dect.predict(["some text"])
 ```
 """
+    return build_model_card(c.backbone_name_or_path, ["dect"], "text-classification", body)

@@ -61,7 +61,7 @@ def choose_head_settings(
         scores = zero_shot(raw_scores, calibrate)
         weights = config.zero_shot_weight_candidates if config.zero_shot_weight is None else [config.zero_shot_weight]
     weight, chosen_steps, results = cross_validate_head(
-        hidden, scores, labels, weights, steps, template, config.learning_rate, config.seed,
+        hidden, scores, labels, weights, steps, template, config.head_learning_rate, config.head_seed,
         include_prompt=config.zero_shot_weight is None,
     )  # fmt: skip
     return HeadChoice(weight, chosen_steps, calibrate, results)

@@ -16,6 +16,11 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
     """Config of the frozen-decoder adapter: the decoder, its embeddings and the LM head never change.
 
     Args:
+        base_model_name_or_path (`str`, *optional*, defaults to `None`):
+            Hub id or local path of the frozen base model (PEFT's name). Filled in from the model when the
+            adapter is applied.
+        revision (`str`, *optional*, defaults to `None`):
+            Revision (branch, tag or commit) of the base model on the Hub.
         encoder_training (`Literal["full", "lora"]`, *optional*, defaults to `"full"`):
             Train every encoder weight (`"full"`), or LoRA adapters injected into the encoder only (`"lora"`).
         train_encoder_embeddings (`bool`, *optional*, defaults to `False`):
@@ -34,6 +39,14 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
 
     ADAPTER_TYPE = "frozen_decoder"
     RECORD_CLASS = FrozenDecoderRecord
+
+    base_model_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Hub id or local path of the frozen base model (filled in from the model if unset)."},
+    )
+    revision: str | None = dataclasses.field(
+        default=None, metadata={"help": "Revision (branch, tag or commit) of the base model on the Hub."}
+    )
 
     encoder_training: Literal["full", "lora"] = dataclasses.field(
         default="full",

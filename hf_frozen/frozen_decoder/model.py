@@ -18,12 +18,14 @@ from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from ..utils.fingerprint import numeric_config
+from ..utils.hub import build_model_card, hub_id
 from ..utils.zero3 import any_partitioned
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
     frozen_encoder_fingerprint,
     load_encoder_artifact,
+    peft_adapter_config,
     save_encoder_artifact,
 )
 from .base import BASE_PREFIX, FrozenDecoderBase
@@ -274,23 +276,19 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
         del base._hf_frozen_adapter
         return base
 
-    def model_card(self) -> str:
+    def model_card(self, repo_id: str | None = None) -> str:
+        """The README.md that `push_to_hub` uploads (through `huggingface_hub.ModelCard`)."""
         config = self.frozen_config
         base = config.base_model_name_or_path or "unknown"
+        base_link = f"[`{base}`](https://huggingface.co/{base})" if hub_id(base) else f"`{base}`"
         trainable, total = self.get_nb_trainable_parameters()
-        return f"""---
-library_name: hf-frozen
-base_model: {base}
-tags:
-- hf-frozen
-- frozen-decoder
----
-
+        peft = peft_adapter_config(config, self.encoder_prefix) is not None
+        body = f"""
 # Frozen-decoder task encoder
 
-This repository holds only the **encoder side** of a fine-tuned `{type(self.get_base_model()).__name__}`: its decoder,
-decoder embeddings and LM head are the unchanged ones of [`{base}`](https://huggingface.co/{base}), so many task
-encoders can share one decoder.
+This repository holds only the **encoder side** of a fine-tuned `{type(self.get_base_model()).__name__}`: its
+decoder, decoder embeddings and LM head are the unchanged ones of {base_link}, so many task encoders can share
+one decoder.
 
 - Encoder training: `{config.encoder_training}` (encoder input embeddings trained: `{config.train_encoder_embeddings}`)
 - Trainable parameters: {trainable:,d} of {total:,d}
@@ -301,7 +299,13 @@ encoders can share one decoder.
 ```python
 from hf_frozen import AutoFrozenModel
 
-model = AutoFrozenModel.from_pretrained("<this repo id>")  # loads {base} and checks the decoder fingerprint
+model = AutoFrozenModel.from_pretrained("{repo_id or "<this repo id>"}")  # loads the base, checks the decoder
 outputs = model.generate(**inputs, num_beams=3)
 ```
 """
+        if peft:
+            body += """
+The encoder's LoRA weights are also a PEFT adapter: `PeftModel.from_pretrained(base_model, repo_id)`.
+"""
+        return build_model_card(base, ["frozen-decoder", *(["lora", "peft"] if peft else [])],
+                                "text2text-generation", body)  # fmt: skip

@@ -10,8 +10,9 @@ import os
 import tempfile
 from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 
 def resolve_file(
@@ -39,13 +40,31 @@ def resolve_file(
         ) from err
 
 
+def hub_id(name: str | None) -> str | None:
+    """`name` if it names a Hub repository, `None` for a local path (which means nothing to readers of a card)."""
+    if not name or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def build_model_card(base_model: str | None, tags: list[str], pipeline_tag: str, body: str) -> str:
+    """A model card through `huggingface_hub`: library `hf-frozen`, the base model only when it is a Hub id."""
+    data = ModelCardData(library_name="hf-frozen", base_model=hub_id(base_model), tags=["hf-frozen", *tags],
+                         pipeline_tag=pipeline_tag)  # fmt: skip
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"))
+
+
 class HubMixin:
-    """`push_to_hub` for any artifact class that defines `save_pretrained(folder)` and `model_card()`."""
+    """`push_to_hub` for any artifact class that defines `save_pretrained(folder)` and `model_card(repo_id)`."""
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         raise NotImplementedError
 
-    def model_card(self) -> str:
+    def model_card(self, repo_id: str | None = None) -> str:
         raise NotImplementedError
 
     def push_to_hub(
@@ -66,7 +85,7 @@ class HubMixin:
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
             with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-                f.write(self.model_card())
+                f.write(self.model_card(repo_id))
             commit = api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
             )

@@ -138,8 +138,8 @@ def test_non_finite_answers_are_refused_and_never_cached(tmp_path):
         hidden[0, 2] = np.nan
         return hidden, np.zeros((len(prompts), 2))
 
-    dect = get_frozen_model(broken_api, DecTConfig(template=TEMPLATE, label_words=WORDS, cache_dir=str(tmp_path)),
-                            backbone_name="broken")  # fmt: skip
+    config = DecTConfig(template=TEMPLATE, label_words=WORDS, query_cache_dir=str(tmp_path))
+    dect = get_frozen_model(broken_api, config, backbone_name="broken")
     dect.show_progress = False
     with pytest.raises(ValueError, match="NaN or infinite"):
         dect.extract(["a", "b"])

@@ -63,14 +63,14 @@ def test_queries_are_batched_sorted_by_length_and_inference_only():
 
 
 def test_disk_cache_is_reused_and_survives_corruption(tmp_path, caplog):
-    first = make("causal_lm", cache_dir=str(tmp_path))
+    first = make("causal_lm", query_cache_dir=str(tmp_path))
     data = sentiment(6)
     first.fit(data)
     assert first.num_queries == 7
     files = sorted(p for p in tmp_path.rglob("*.safetensors"))
     assert len(files) == 7
 
-    second = make("causal_lm", cache_dir=str(tmp_path))
+    second = make("causal_lm", query_cache_dir=str(tmp_path))
     second.fit(data)
     assert second.num_queries == 0, "a new process finds everything on disk"
 
@@ -80,11 +80,11 @@ def test_disk_cache_is_reused_and_survives_corruption(tmp_path, caplog):
     raw = bytearray(files[3].read_bytes())
     raw[-4:] = b"\x00\x00\x80\x7f"  # flip the last float to +inf, keeping the header intact
     files[3].write_bytes(bytes(raw))
-    third = make("causal_lm", cache_dir=str(tmp_path))
+    third = make("causal_lm", query_cache_dir=str(tmp_path))
     third.fit(data)
     assert third.num_queries == 3 and third.cache.rejected == 3
     assert "cannot be read" in caplog.text and "holds the entry" in caplog.text and "checksum" in caplog.text
-    fourth = make("causal_lm", cache_dir=str(tmp_path))
+    fourth = make("causal_lm", query_cache_dir=str(tmp_path))
     fourth.fit(data)
     assert fourth.num_queries == 0, "recomputed entries were written back"
 
@@ -107,7 +107,7 @@ def test_an_entry_removed_by_another_process_meanwhile_is_no_crash(tmp_path, mon
     """Two processes that meet the same corrupted entry both discard it: the slower one finds it gone."""
     import hf_frozen.dect.cache as cache_module
 
-    first = make("callable", cache_dir=str(tmp_path))
+    first = make("callable", query_cache_dir=str(tmp_path))
     first.fit(sentiment(4))
     entry = next(tmp_path.rglob("*.safetensors"))
     entry.write_bytes(b"garbage")
@@ -118,20 +118,20 @@ def test_an_entry_removed_by_another_process_meanwhile_is_no_crash(tmp_path, mon
         return real_open(path, *args, **kwargs)  # ...so this read fails, and so would our removal
 
     monkeypatch.setattr(cache_module, "safe_open", other_process_removes_it)
-    second = make("callable", cache_dir=str(tmp_path))
+    second = make("callable", query_cache_dir=str(tmp_path))
     second.fit(sentiment(4))
     assert second.cache.rejected == 5 and second.num_queries == 5
 
 
 def test_two_processes_share_one_cache_folder(tmp_path):
     """Two processes fit on one cache folder at once, its entries corrupted: both finish, with the same head."""
-    make("causal_lm", cache_dir=str(tmp_path / "cache")).fit(sentiment(24))
+    make("causal_lm", query_cache_dir=str(tmp_path / "cache")).fit(sentiment(24))
     for entry in (tmp_path / "cache").rglob("*.safetensors"):
         entry.write_bytes(entry.read_bytes()[:40])
     root = Path(__file__).resolve().parent.parent.parent
     script = (
         f"import json, sys; sys.path.insert(0, {str(root)!r}); from tests.tiny_dect import make, sentiment; "
-        f"d = make('causal_lm', cache_dir={str(tmp_path / 'cache')!r}); d.fit(sentiment(24)); "
+        f"d = make('causal_lm', query_cache_dir={str(tmp_path / 'cache')!r}); d.fit(sentiment(24)); "
         "print(json.dumps(d.decision_scores(['the film was great'])[0].tolist()))"
     )
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -147,12 +147,12 @@ def test_answers_of_a_backbone_with_another_config_or_tokenizer_are_not_served(t
     """The weights alone do not say what a backbone answers: its config and its tokenizer's pipeline count too."""
     from tokenizers import normalizers
 
-    first = make("causal_lm", cache_dir=str(tmp_path))
+    first = make("causal_lm", query_cache_dir=str(tmp_path))
     first.fit(sentiment(4))
     assert first.num_queries == 5
 
     config = DecTConfig(template=TEMPLATE, label_words=WORDS, labels=["neg", "pos"], batch_size=4,
-                        cache_dir=str(tmp_path))  # fmt: skip
+                        query_cache_dir=str(tmp_path))  # fmt: skip
     model = backbone("causal_lm")
     model.config.layer_norm_epsilon = 1e-2  # same weights, other numerics
     other_config = get_frozen_model(model, config, tokenizer=tiny_dect.tokenizer())

@@ -43,7 +43,7 @@ def test_config_parses_with_hf_argument_parser():
 
 
 @pytest.mark.parametrize("field, value", [("steps", 2.5), ("projection_dim", 64.0), ("batch_size", "8"),
-                                          ("learning_rate", float("nan")), ("max_length", True)])  # fmt: skip
+                                          ("head_learning_rate", float("nan")), ("max_length", True)])  # fmt: skip
 def test_non_integer_or_non_finite_numbers_are_named(field, value):
     with pytest.raises(ValueError, match=f"`{field}` must be a positive"):
         DecTConfig(**{"template": TEMPLATE, "label_words": WORDS, field: value})

@@ -56,7 +56,7 @@ def test_load_refuses_another_backbone_and_needs_the_callable(tmp_path):
     with pytest.raises(ValueError, match="callable backbone"):
         AutoFrozenModel.from_pretrained(tmp_path / "api")
     loaded = AutoFrozenModel.from_pretrained(tmp_path / "api", base_model=ClusterAPI())
-    assert loaded.config.base_model_name_or_path == "cluster-api-v1"
+    assert loaded.config.backbone_name_or_path == "cluster-api-v1"
 
 
 def test_push_to_hub(tmp_path, monkeypatch):
