@@ -59,6 +59,11 @@ class FrozenDecoderBase(HubMixin, nn.Module):
         """The transformers model (with the adapter applied in place)."""
         return self.base_model.model
 
+    def base_name(self) -> str:
+        """The base model's Hub id or path, else its class name: how error messages name it."""
+        base = self.get_base_model()
+        return getattr(base.config, "_name_or_path", "") or type(base).__name__
+
     def decoder_tensors(self) -> dict[str, torch.Tensor]:
         """Every decoder-side tensor (decoder, its embeddings, the LM head, tied tensors), by base-model name."""
         return split_sides(self.get_base_model(), self.encoder_prefix).decoder

@@ -212,10 +212,7 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
                 base_model_kwargs.setdefault("revision", config.revision)
             base_model = AutoModelForSeq2SeqLM.from_pretrained(base_id, **base_model_kwargs)
         model = cls(base_model, config)
-        base_name = getattr(base_model.config, "_name_or_path", "") or type(base_model).__name__
-        check_fingerprints(record, model.record, f"The encoder in {path_or_repo_id}", base_name,
-                           config.base_model_name_or_path)  # fmt: skip
-        copy_artifact_tensors(model.encoder_state_dict(), tensors, str(path_or_repo_id))
+        model._copy_in(config, record, tensors, str(path_or_repo_id))
         if not is_trainable:
             model.requires_grad_(False)
             model.eval()
@@ -244,10 +241,15 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
         """
         self.set_adapter(adapter_name)
         config, record, tensors = load_encoder_artifact(model_id, kwargs.get("revision"), kwargs.get("token"))
-        base_name = getattr(self.get_base_model().config, "_name_or_path", "") or type(self.get_base_model()).__name__
-        check_fingerprints(record, self.record, f"The encoder in {model_id}", base_name,
+        self._copy_in(config, record, tensors, str(model_id))
+
+    def _copy_in(
+        self, config: FrozenDecoderConfig, record: FrozenDecoderRecord, tensors: dict[str, torch.Tensor], source: str
+    ) -> None:
+        """Check an artifact's fingerprints against this model's, then copy its encoder weights in."""
+        check_fingerprints(record, self.record, f"The encoder in {source}", self.base_name(),
                            config.base_model_name_or_path)  # fmt: skip
-        copy_artifact_tensors(self.encoder_state_dict(), tensors, str(model_id))
+        copy_artifact_tensors(self.encoder_state_dict(), tensors, source)
 
     # -- leaving hf-frozen -----------------------------------------------------------------------------------
 

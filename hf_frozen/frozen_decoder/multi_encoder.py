@@ -116,9 +116,8 @@ class MultiEncoderModel(FrozenDecoderBase):
         # The artifact's tensors are the task's own; every other encoder tensor is the base model's, shared.
         own = {k.removeprefix(self.encoder_prefix) for k in tensors if k.startswith(self.encoder_prefix)}
         encoder = self._copy_encoder(config, own, trainable=set()).requires_grad_(False).eval()
-        base_name = getattr(self.get_base_model().config, "_name_or_path", "") or type(self.get_base_model()).__name__
-        check_fingerprints(record, self._record_of(encoder), f"Task {name!r}: the encoder in {source}", base_name,
-                           config.base_model_name_or_path)  # fmt: skip
+        check_fingerprints(record, self._record_of(encoder), f"Task {name!r}: the encoder in {source}",
+                           self.base_name(), config.base_model_name_or_path)  # fmt: skip
         outside = sorted(k for k in tensors if not k.startswith(self.encoder_prefix))
         if outside:
             raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
