@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
+import torch
 import transformers
 from datasets import load_dataset
 from rouge_score import rouge_scorer
@@ -200,6 +201,12 @@ def main() -> None:
 
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tasks="summarization")
+
+    # Under torchrun, leave together and close the process group: a process that exits with it still open can
+    # be aborted by its communication threads during interpreter teardown (seen once on CPU with gloo).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
