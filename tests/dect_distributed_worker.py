@@ -7,7 +7,6 @@ import json
 import os
 import sys
 
-import torch
 import transformers
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
@@ -17,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_frozen import DecTCallback, DecTCollator  # noqa: E402
 from hf_frozen.utils.fingerprint import fingerprint_tensors  # noqa: E402
 from tests.tiny_dect import make, sentiment  # noqa: E402
+from tests.worker_exit import leave_together  # noqa: E402
 
 
 def main(folder: str) -> None:
@@ -57,8 +57,7 @@ def main(folder: str) -> None:
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(folder, "head.safetensors"))
     with open(os.path.join(folder, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
-    torch.distributed.barrier()  # leave together, with the process group closed (see distributed_worker.py)
-    torch.distributed.destroy_process_group()
+    leave_together()
 
 
 if __name__ == "__main__":

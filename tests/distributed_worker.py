@@ -22,6 +22,7 @@ from hf_frozen.frozen_decoder.callback import optimized_tensors  # noqa: E402
 from hf_frozen.utils.fingerprint import fingerprint_tensors  # noqa: E402
 from hf_frozen.utils.zero3 import full_copies, full_numel  # noqa: E402
 from tests.tiny_models import copy_task_dataset  # noqa: E402
+from tests.worker_exit import leave_together  # noqa: E402
 
 PROMPT = [[5, 17, 42, 8, 23, 61, 9, 30]]
 
@@ -112,16 +113,7 @@ def main() -> None:
     }
     with open(os.path.join(worker_args.report_dir, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
-    # Leave together and close the process group before exiting, so that no communication thread is still
-    # running when the interpreter shuts down.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # Then skip the interpreter's teardown: under load, DeepSpeed's native extensions (CPU Adam, shared-memory
-    # communication) occasionally abort in their static destructors ("terminate called without an active
-    # exception", seen once in CI after training had finished). Everything the test reads is written above.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_together()
 
 
 if __name__ == "__main__":
