@@ -59,6 +59,10 @@ class FrozenDecoderBase(HubMixin, nn.Module):
         """The transformers model (with the adapter applied in place)."""
         return self.base_model.model
 
+    @property
+    def device(self) -> torch.device:
+        return self.get_base_model().device
+
     def base_name(self) -> str:
         """The base model's Hub id or path, else its class name: how error messages name it."""
         base = self.get_base_model()

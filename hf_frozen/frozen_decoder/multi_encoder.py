@@ -77,10 +77,13 @@ class MultiEncoderModel(FrozenDecoderBase):
 
     @classmethod
     def from_pretrained(
-        cls, base_model: PreTrainedModel | str, tasks: dict[str, Any] | None = None, **base_model_kwargs: Any
+        cls,
+        base_model: PreTrainedModel | str | os.PathLike,
+        tasks: dict[str, Any] | None = None,
+        **base_model_kwargs: Any,
     ) -> MultiEncoderModel:
         """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`."""
-        if isinstance(base_model, str):
+        if isinstance(base_model, (str, os.PathLike)):
             base_model = AutoModelForSeq2SeqLM.from_pretrained(base_model, **base_model_kwargs)
         model = cls(base_model)
         for name, artifact in (tasks or {}).items():
