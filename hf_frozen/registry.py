@@ -1,12 +1,17 @@
 """The registry of adapter types: adapter type name -> (config class, model class).
 
 PEFT's own registry only accepts names already in its `PeftType` enum, so hf-frozen keeps this small one.
-Each adapter package registers itself on import; `get_frozen_model` and `AutoFrozenModel` dispatch here.
+Each adapter's model module registers it on import; the built-in ones are imported here on first lookup (so
+`import hf_frozen` stays light). `get_frozen_model` and `AutoFrozenModel` dispatch here.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import NamedTuple
+
+# Built-in adapter types and the modules that register them.
+BUILTIN_ADAPTERS = {"frozen_decoder": "hf_frozen.frozen_decoder.model", "dect": "hf_frozen.dect.model"}
 
 
 class AdapterType(NamedTuple):
@@ -36,6 +41,8 @@ def register_adapter(config_class: type, model_class: type) -> None:
 
 def get_adapter(name: str) -> AdapterType:
     """The config and model classes of a registered adapter type."""
+    if name not in _ADAPTERS and name in BUILTIN_ADAPTERS:
+        importlib.import_module(BUILTIN_ADAPTERS[name])
     try:
         return _ADAPTERS[name]
     except KeyError:
@@ -46,4 +53,6 @@ def get_adapter(name: str) -> AdapterType:
 
 
 def registered_adapters() -> list[str]:
+    for module in BUILTIN_ADAPTERS.values():
+        importlib.import_module(module)
     return sorted(_ADAPTERS)

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_frozen.utils.hub
-import hf_frozen.utils.io
 from hf_frozen import AutoFrozenModel, DecTConfig, DecTModel, FrozenDecoderModel, get_frozen_model
 from hf_frozen.config import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME
 from hf_frozen.registry import get_adapter
@@ -156,7 +156,7 @@ def test_failed_save_keeps_the_previous_artifact(case, tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(hf_frozen.utils.io, "save_file", failing_save_file)
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
     with pytest.raises(OSError, match="No space"):
         model.save_pretrained(tmp_path / "artifact")
     assert {path.name: path.read_bytes() for path in (tmp_path / "artifact").iterdir()} == saved

@@ -1,12 +1,31 @@
 """The DecT head adapter: Decoder Tuning on a frozen backbone (Cui et al., ACL 2023)."""
 
-from ..registry import register_adapter
-from .callback import DecTCallback, DecTCollator
-from .config import DecTConfig
-from .head import DecTHead
-from .model import DecTModel
-from .record import DecTRecord
+from typing import TYPE_CHECKING
 
-register_adapter(DecTConfig, DecTModel)
+from ..utils.lazy import lazy_exports
 
-__all__ = ["DecTCallback", "DecTCollator", "DecTConfig", "DecTHead", "DecTModel", "DecTRecord"]
+_EXPORTS = {
+    "DecTCallback": ".callback",
+    "DecTCollator": ".callback",
+    "DecTConfig": ".config",
+    "DecTHead": ".head",
+    "DecTModel": ".model",
+    "DecTRecord": ".record",
+}
+__all__ = [
+    "DecTCallback",
+    "DecTCollator",
+    "DecTConfig",
+    "DecTHead",
+    "DecTModel",
+    "DecTRecord",
+]
+
+if TYPE_CHECKING:
+    from .callback import DecTCallback, DecTCollator
+    from .config import DecTConfig
+    from .head import DecTHead
+    from .model import DecTModel
+    from .record import DecTRecord
+else:
+    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,10 +19,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from .._version import __version__
-from .backbones import load_backbone
 from .config import DecTConfig
-from .data import few_shot
-from .model import DecTModel
 
 
 @dataclasses.dataclass
@@ -70,12 +67,17 @@ def dect_main(argv: list[str]) -> dict:
         run, config = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
         run, config = parser.parse_args_into_dataclasses(argv)
+    # Imported after parsing: `--help` and argument errors answer without loading torch.
+    from .backbones import load_backbone
+    from .data import few_shot
+    from .model import DecTModel
+
     train, test = _load_splits(run)
     if run.shots is not None:
         train = few_shot(train, config.label_column, run.shots, config.head_seed)
     backbone, tokenizer = load_backbone(run.model_name_or_path, run.backbone)
     config.backbone_name_or_path = run.model_name_or_path
-    dect: DecTModel = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
+    dect = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
     metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,
                      "zero_shot_weight": dect.record.zero_shot_weight, "calibrated": dect.record.calibrate,

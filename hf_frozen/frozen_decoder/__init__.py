@@ -1,13 +1,29 @@
 """The frozen-decoder adapter: fine-tune only the encoder of an encoder-decoder model."""
 
-from ..registry import register_adapter
-from .callback import FrozenDecoderCallback
-from .config import FrozenDecoderConfig
-from .model import FrozenDecoderModel
-from .multi_encoder import MultiEncoderModel
-from .record import FrozenDecoderRecord
+from typing import TYPE_CHECKING
 
-register_adapter(FrozenDecoderConfig, FrozenDecoderModel)
+from ..utils.lazy import lazy_exports
 
-__all__ = ["FrozenDecoderCallback", "FrozenDecoderConfig", "FrozenDecoderModel", "FrozenDecoderRecord",
-           "MultiEncoderModel"]  # fmt: skip
+_EXPORTS = {
+    "FrozenDecoderCallback": ".callback",
+    "FrozenDecoderConfig": ".config",
+    "FrozenDecoderModel": ".model",
+    "FrozenDecoderRecord": ".record",
+    "MultiEncoderModel": ".multi_encoder",
+}
+__all__ = [
+    "FrozenDecoderCallback",
+    "FrozenDecoderConfig",
+    "FrozenDecoderModel",
+    "FrozenDecoderRecord",
+    "MultiEncoderModel",
+]
+
+if TYPE_CHECKING:
+    from .callback import FrozenDecoderCallback
+    from .config import FrozenDecoderConfig
+    from .model import FrozenDecoderModel
+    from .multi_encoder import MultiEncoderModel
+    from .record import FrozenDecoderRecord
+else:
+    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

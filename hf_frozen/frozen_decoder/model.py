@@ -17,6 +17,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
+from ..registry import register_adapter
 from ..utils.fingerprint import numeric_config
 from ..utils.hub import build_model_card, hub_id
 from ..utils.zero3 import any_partitioned
@@ -311,3 +312,6 @@ The encoder's LoRA weights are also a PEFT adapter: `PeftModel.from_pretrained(b
 """
         return build_model_card(base, ["frozen-decoder", *(["lora", "peft"] if peft else [])],
                                 "text2text-generation", body)  # fmt: skip
+
+
+register_adapter(FrozenDecoderConfig, FrozenDecoderModel)

@@ -27,10 +27,12 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import torch
 
 JOURNAL_NAME = ".hf_frozen_commit.json"
 _TMP_PREFIX, _TMP_SUFFIX = ".hf_frozen.", ".tmp"
@@ -156,6 +158,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def tensor_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Callable[[str], None]:
     """A `write(path)` that saves `tensors` as safetensors (contiguous CPU copies) with `metadata`."""
+    from safetensors.torch import save_file  # here, not at the top: configs (and `--help`) load without torch
+
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     return lambda path: save_file(plain, path, metadata={"format": "pt", **metadata})
 
@@ -164,6 +168,8 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a safetensors file onto the CPU; a missing or corrupted file raises an error that names it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Weights file {path} does not exist: the artifact is incomplete.")
+    from safetensors.torch import load_file
+
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:

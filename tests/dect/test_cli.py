@@ -55,3 +55,23 @@ def test_help_lists_choices_and_states_each_default_once(capsys):
     # Each option's default is stated once, by the parser: help texts do not say it again.
     assert "(default: all). (default: None)" not in text and "(default: the first" not in text
     assert text.count("(default: None)") >= 10
+
+
+def test_help_and_package_import_do_not_load_torch():
+    """`import hf_frozen` is lazy and the command imports its model code after parsing: `--help` is instant."""
+    script = (
+        "import sys\n"
+        "import hf_frozen\n"
+        "from hf_frozen import DecTConfig, FrozenDecoderConfig\n"
+        "assert 'torch' not in sys.modules, 'importing hf_frozen and its configs loaded torch'\n"
+        "from hf_frozen.dect.cli import main\n"
+        "try:\n"
+        "    main(['dect', '--help'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 0\n"
+        "assert 'torch' not in sys.modules, '--help loaded torch'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--model_name_or_path" in done.stdout and done.stdout.rstrip().endswith("ok")
