@@ -80,3 +80,62 @@ def test_run_frozen_decoder_evaluates_on_two_processes(tmp_path):
         assert results[0][key] == results[1][key], key
     predictions = [(tmp_path / out / "generated_predictions.txt").read_text() for out in ("two", "one")]
     assert predictions[0] == predictions[1] and len(predictions[0].splitlines()) == 5
+
+
+def write_sentiment_csv(path, n, seed, labels=True):
+    from .tiny_dect import sentiment
+
+    data = sentiment(n, seed=seed)
+    (data if labels else data.remove_columns("label")).to_csv(str(path), index=False)
+
+
+def run_dect_example(tmp_path, extra: list[str]) -> subprocess.CompletedProcess:
+    from .tiny_dect import TEMPLATE, WORDS
+
+    args = [
+        "--model_name_or_path", str(tmp_path / "backbone"), "--train_file", str(tmp_path / "train.csv"),
+        "--validation_file", str(tmp_path / "valid.csv"), "--test_file", str(tmp_path / "test.csv"),
+        "--template", TEMPLATE, "--label_words", *WORDS, "--labels", "neg", "pos", "--zero_shot_weight", "0.5",
+        "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "16", "--learning_rate", "0.01",
+        "--lr_scheduler_type", "constant", "--save_steps", "5", "--report_to", "none", "--use_cpu", *extra,
+    ]  # fmt: skip
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "run_dect.py"), *args],
+                          capture_output=True, text=True, cwd=tmp_path, check=False, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_run_dect_trains_saves_evaluates_predicts_and_resumes(tmp_path):
+    from . import tiny_dect
+
+    tiny_dect.backbone("causal_lm").save_pretrained(tmp_path / "backbone")
+    tiny_dect.tokenizer().save_pretrained(tmp_path / "backbone")
+    write_sentiment_csv(tmp_path / "train.csv", 32, seed=0)
+    write_sentiment_csv(tmp_path / "valid.csv", 12, seed=1)
+    write_sentiment_csv(tmp_path / "test.csv", 6, seed=2, labels=False)
+    out = tmp_path / "out"
+
+    run_dect_example(tmp_path, ["--do_train", "--do_eval", "--do_predict", "--max_steps", "10"])
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_macro_f1", "eval_prompt_accuracy"} <= set(results)
+    assert json.loads((out / "train_results.json").read_text())["backbone_queries"] == 32 + 1, (
+        "one per example + the empty input"
+    )
+    predictions = (out / "predict_results.txt").read_text().splitlines()
+    assert len(predictions) == 7 and {line.split("\t")[1] for line in predictions[1:]} <= {"neg", "pos"}
+    assert (out / "checkpoint-5" / "adapter_model.safetensors").is_file()
+    dect = AutoFrozenModel.from_pretrained(out)  # the backbone recorded: the folder given as the model
+    assert dect.record.steps == 10
+    test_texts = tiny_dect.sentiment(6, seed=2)["text"]
+    assert [line.split("\t")[1] for line in predictions[1:]] == dect.predict(test_texts)
+
+    # Run again into the same folder with more steps: it resumes from checkpoint-10.
+    done = run_dect_example(tmp_path, ["--do_train", "--max_steps", "15", "--log_level", "info"])
+    assert "resuming training at" in done.stdout + done.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 15
+    assert AutoFrozenModel.from_pretrained(out).record.steps == 15
+
+    # --do_eval alone evaluates the head saved in --output_dir.
+    (out / "eval_results.json").unlink()
+    run_dect_example(tmp_path, ["--do_eval"])
+    assert "eval_accuracy" in json.loads((out / "eval_results.json").read_text())

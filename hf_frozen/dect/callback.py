@@ -4,10 +4,16 @@ The Trainer's model is the head itself (`dect.new_head()`); `DecTCollator` turns
 features (querying the backbone only for rows never seen); `DecTCallback` queries the whole training set once,
 in length-sorted batches, before the first step, and sets the head up as `fit` does (`DecTModel.prepare_head`);
 at the end it hands the trained head back (`DecTModel.use_head`). Every later epoch reads the cache.
+
+Saves: the Trainer writes the head's bare `state_dict` (`model.safetensors`, which resumes training); the callback
+writes the DecT artifact beside it (head, calibration, record, config: what `AutoFrozenModel` loads) into each
+`checkpoint-*` and, when training ends, into `output_dir`, so `trainer.save_model()` and `push_to_hub()` carry it.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any
 
 import torch
@@ -77,15 +83,31 @@ class DecTCallback(TrainerCallback):
         hidden, raw, labels = self.dect.training_features(loader.dataset, split_across_processes=args.world_size > 1)
         # The Trainer sets the steps; cross-validation picks the weight at the configured (or largest) count.
         config = self.dect.config
-        self.dect.prepare_head(head, hidden, raw, labels, steps=[config.steps or max(config.steps_candidates)])
+        steps = [config.steps or max(config.steps_candidates)]
+        # Resumed from a checkpoint (the Trainer loaded the head's weights before this call): the choices are
+        # made again, deterministically, but the loaded weights are kept.
+        self.dect.prepare_head(head, hidden, raw, labels, steps=steps, initialize=state.global_step == 0)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._save_artifact(args, state, kwargs.get("model"), f"checkpoint-{state.global_step}")
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.dect.use_head(kwargs.get("model"), steps=state.global_step)
+        self._save_artifact(args, state, self.dect.head, "")
         if state.is_world_process_zero:
             logger.info(
                 "DecT head trained in the Trainer: %d backbone queries, zero-shot weight %s",
                 self.dect.num_queries - self.queries_at_start,
                 self.dect.record.zero_shot_weight,
             )
+
+    def _save_artifact(self, args: TrainingArguments, state: TrainerState, head: Any, folder: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        # A copy: saving must not switch the live head to eval mode or end its training.
+        snapshot = copy.copy(self.dect)
+        snapshot.record = copy.deepcopy(self.dect.record)
+        snapshot.use_head(copy.deepcopy(head), steps=state.global_step)
+        snapshot.save_pretrained(os.path.join(args.output_dir, folder))

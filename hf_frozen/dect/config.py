@@ -75,6 +75,8 @@ class DecTConfig(FrozenAdapterConfig):
     """
 
     ADAPTER_TYPE = "dect"
+    # `transformers.pipeline(..., model=dect_model)` reads `model.config._commit_hash` up to at least 5.5.
+    _commit_hash = None
     RECORD_CLASS = DecTRecord
     RENAMED_FIELDS = {
         "base_model_name_or_path": "backbone_name_or_path",

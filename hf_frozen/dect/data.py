@@ -80,7 +80,11 @@ def read_examples(dataset: Any, config: DecTConfig, need_labels: bool) -> Exampl
         pairs = check_texts(dataset[config.text_pair_column], config.text_pair_column)
     labels = None
     if config.label_column in columns:
-        labels = torch.tensor(label_indices(dataset[config.label_column], config.labels))
+        values = list(dataset[config.label_column])
+        # An unlabelled split loaded beside labelled ones (`load_dataset` with a test file that has no labels)
+        # gets a label column of None: that is no labels, not a label named "None".
+        if need_labels or any(value is not None for value in values):
+            labels = torch.tensor(label_indices(values, config.labels))
     return texts, pairs, labels
 
 

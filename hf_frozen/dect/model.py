@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
+from ..registry import register_adapter
 from ..utils.hub import HubMixin, build_model_card
 from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind, load_backbone
@@ -58,6 +59,11 @@ class DecTModel(CachedQueries, HubMixin):
         self.calibration: torch.Tensor | None = None  # label-word log-probabilities of the empty input, (C,)
         self.cv_results: dict[str, dict[str, float]] = {}
         self.fit_seconds: dict[str, float] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone runs (CPU for a callable backbone)."""
+        return getattr(self.backbone, "device", torch.device("cpu"))
 
     @classmethod
     def from_base_model(
@@ -140,9 +146,10 @@ class DecTModel(CachedQueries, HubMixin):
         return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.head_seed, standardize=c.standardize_hidden)
 
     def prepare_head(self, head: DecTHead, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
-                     steps: list[int] | None = None) -> torch.Tensor | None:  # fmt: skip
+                     steps: list[int] | None = None, initialize: bool = True) -> torch.Tensor | None:  # fmt: skip
         """Choose calibration, zero-shot weight and steps (among `steps`, by default the configured ones) on the
-        training cache, record them, and set `head` up to train from there. Returns the zero-shot scores in use."""
+        training cache, record them, and set `head` up to train from there (`initialize=False`: keep its weights, as
+        when a Trainer resumes). Returns the zero-shot scores in use."""
         if hidden.shape[1] != head.projection.in_features:
             raise ValueError(
                 f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
@@ -152,9 +159,10 @@ class DecTModel(CachedQueries, HubMixin):
         self.cv_results = choice.cv_results
         self.record.hidden_size, self.record.calibrate = hidden.shape[1], choice.calibrate
         self.record.zero_shot_weight, self.record.steps = choice.zero_shot_weight, choice.steps
-        weight = choice.zero_shot_weight
-        head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
-        head.initialize(hidden, labels)
+        if initialize:
+            weight = choice.zero_shot_weight
+            head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
+            head.initialize(hidden, labels)
         return None if raw is None else self.zero_shot_scores(raw)
 
     def use_head(self, head: DecTHead, steps: int) -> None:
@@ -323,3 +331,6 @@ dect.predict(["some text"])
 ```
 """
     return build_model_card(c.backbone_name_or_path, ["dect"], "text-classification", body)
+
+
+register_adapter(DecTConfig, DecTModel)

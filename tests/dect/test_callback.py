@@ -40,3 +40,47 @@ def test_collator_explains_dropped_columns():
 
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         DecTCollator(make("callable"))([{"label": 0}])
+
+
+def trainer_for(dect, folder, max_steps, **overrides):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_frozen import DecTCallback, DecTCollator
+
+    args = TrainingArguments(
+        str(folder), remove_unused_columns=False, learning_rate=0.01, max_steps=max_steps, weight_decay=0.0,
+        per_device_train_batch_size=16, lr_scheduler_type="constant", max_grad_norm=0.0, optim="adamw_torch",
+        report_to=[], use_cpu=True, save_strategy="steps", save_steps=10, logging_strategy="no", disable_tqdm=True,
+        **overrides,
+    )  # fmt: skip
+    return Trainer(model=dect.new_head(), args=args, train_dataset=sentiment(16), data_collator=DecTCollator(dect),
+                   callbacks=[DecTCallback(dect)])  # fmt: skip
+
+
+def test_trainer_checkpoints_and_save_model_hold_the_dect_artifact_and_resume(tmp_path):
+    from hf_frozen import AutoFrozenModel
+
+    test = sentiment(8, seed=4)
+    whole = make("causal_lm", zero_shot_weight=0.5)
+    trainer = trainer_for(whole, tmp_path / "whole", max_steps=20)
+    trainer.train()
+    trainer.save_model()
+    expected = whole.decision_scores(test["text"])
+
+    # `save_model()`'s folder and the last checkpoint load as DecT models that score as the trained one.
+    for folder in (tmp_path / "whole", tmp_path / "whole" / "checkpoint-20"):
+        loaded = AutoFrozenModel.from_pretrained(
+            folder, base_model=whole.backbone.model, tokenizer=whole.backbone.tokenizer
+        )
+        torch.testing.assert_close(loaded.decision_scores(test["text"]), expected, msg=str(folder))
+        assert loaded.record.steps == 20 and loaded.record.zero_shot_weight == 0.5
+    middle = AutoFrozenModel.from_pretrained(tmp_path / "whole" / "checkpoint-10", base_model=whole.backbone.model,
+                                             tokenizer=whole.backbone.tokenizer)  # fmt: skip
+    assert middle.record.steps == 10
+    assert not torch.allclose(middle.decision_scores(test["text"]), expected), "the checkpoint is the step-10 head"
+
+    # Resuming from the step-10 checkpoint ends where the uninterrupted run ended.
+    resumed = make("causal_lm", zero_shot_weight=0.5)
+    interrupted = trainer_for(resumed, tmp_path / "resumed", max_steps=20)
+    interrupted.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-10"))
+    torch.testing.assert_close(resumed.decision_scores(test["text"]), expected, atol=1e-5, rtol=1e-5)
