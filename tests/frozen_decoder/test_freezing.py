@@ -1,8 +1,10 @@
 """The frozen-decoder invariant on every supported family, after real Trainer optimizer steps."""
 
+import dataclasses
+
 import pytest
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, TrainingArguments
 
 from hf_frozen import FrozenDecoderConfig, get_frozen_model
 
@@ -56,8 +58,13 @@ def test_gradient_checkpointing_still_trains_encoder_only(family, mode, tmp_path
     model = get_frozen_model(tiny_model(family), MODES[mode])
     decoder_before = snapshot(model.decoder_tensors())
     encoder_before = snapshot(model.encoder_state_dict())
-    make_trainer(model, str(tmp_path), gradient_checkpointing=True).train()
-    assert model.get_base_model().is_gradient_checkpointing
+    # transformers renamed gradient checkpointing to activation checkpointing (the old names warn until v6).
+    renamed = "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    make_trainer(
+        model, str(tmp_path), **{"activation_checkpointing" if renamed else "gradient_checkpointing": True}
+    ).train()
+    base = model.get_base_model()
+    assert base.is_activation_checkpointing if renamed else base.is_gradient_checkpointing
     assert_decoder_identical(model, decoder_before)
     after = model.encoder_state_dict()
     assert sum(not torch.equal(encoder_before[n], after[n]) for n in after) >= len(after) // 2
