@@ -81,7 +81,11 @@ def test_stock_run_summarization(encoder_training, tmp_path, monkeypatch):
     import transformers.trainer
 
     hub = FakeTrainerHub(tmp_path / "hub")
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: hub)
+    if hasattr(transformers.trainer, "hf_api"):  # transformers >= 5.x: hf_api().create_repo / .upload_folder
+        monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: hub)
+    else:  # transformers 5.0: the functions themselves
+        monkeypatch.setattr(transformers.trainer, "create_repo", lambda *a, **k: hub.create_repo(*a, **k))
+        monkeypatch.setattr(transformers.trainer, "upload_folder", lambda *a, **k: hub.upload_folder(*a, **k))
     monkeypatch.setattr(hf_frozen.utils.hub, "hf_hub_download", hub.download)
     base = tmp_path / "t5-base"
     save_tiny_t5_with_tokenizer(base)
