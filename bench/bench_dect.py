@@ -2,15 +2,19 @@
 """DecT against zero-shot prompting, a logistic-regression probe and PEFT prompt tuning, on real offline data.
 
 Backbones: SmolLM2-135M-Instruct (causal LM, chat prompt) and all-MiniLM-L6-v2 (sentence encoder without an
-LM head: no label-word scores, so DecT runs with the zero-shot weight at 0). Data: Rotten Tomatoes and SMS spam,
-each with a fixed, stratified 1,000-example test split (seed 0); shots are drawn from the rest.
+LM head: no label-word scores, so DecT runs with the zero-shot weight at 0). Data: Rotten Tomatoes, SMS spam,
+the 2016 election tweets (Trump or Clinton: a style task where the prompt is weak) and `text_sources` (which of
+7 sources a text comes from, built from the three), each with a fixed, stratified 1,000-example test split
+(seed 0); shots are drawn from the rest.
 
 For each backbone and data set, every example that any method needs is queried once (cached); then, at 1, 4,
 16 and 64 shots per class and 5 seeds, DecT (default settings: zero-shot weight and steps by cross-validation) and the
 probe (scikit-learn `LogisticRegression` on the same cached hidden states) are fitted on the same shots.
-Zero-shot accuracy is reported with and without the empty-input calibration. PEFT prompt tuning (8 virtual
-tokens initialised from the prompt text, AdamW lr 3e-3, 10 epochs, batch 8, through `transformers.Trainer`)
-runs on SmolLM2 at 16 shots, 3 seeds, Rotten Tomatoes, with the same prompt and label words.
+Zero-shot accuracy is reported with and without the empty-input calibration. The floor checked per cell:
+DecT at least as accurate as the better of the calibrated prompt and the probe, to within 1 point.
+PEFT prompt tuning (8 virtual tokens initialised from the prompt text, AdamW lr 3e-3, 10 epochs, batch 8,
+through `transformers.Trainer`) runs on SmolLM2 at 16 shots, 3 seeds, Rotten Tomatoes, with the same prompt and
+label words.
 
 Time per method is its training-side cost: for DecT and the probe, the backbone queries for the training
 shots (measured mean seconds per query x queries, plus the calibration query) plus fitting; for prompt tuning,
@@ -38,14 +42,17 @@ from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-from dect_demo import ROTTEN_TOMATOES_PROMPT  # noqa: E402
+from dect_demo import ELECTION_PROMPT, ROTTEN_TOMATOES_PROMPT  # noqa: E402
 from offline_assets import (  # noqa: E402
+    TEXT_SOURCES,
+    election_tweets,
     few_shot,
     fixed_split,
     minilm_folder,
     rotten_tomatoes,
     smollm2_folder,
     sms_spam,
+    text_sources,
 )
 
 from hf_frozen import DecTConfig, get_frozen_model  # noqa: E402
@@ -58,7 +65,24 @@ SMS_SPAM_PROMPT = dict(
     label_words=["not|legitimate", "spam"],
     labels=["ham", "spam"],
 )
-DATASETS = {"rotten_tomatoes": (rotten_tomatoes, ROTTEN_TOMATOES_PROMPT), "sms_spam": (sms_spam, SMS_SPAM_PROMPT)}
+# Written once, before any test accuracy was seen, and not tuned.
+TEXT_SOURCES_PROMPT = dict(
+    template=(
+        "Text: {text}\nWhat kind of text is this: a positive movie review, a negative movie review, a movie plot "
+        "summary, a personal text message, a spam text message, a tweet by Donald Trump or a tweet by Hillary "
+        "Clinton? Answer briefly.{answer}"
+    ),
+    chat_template=True,
+    response_prefix="This text is a",
+    label_words=["positive", "negative", "movie|plot", "personal", "spam", "Donald|Trump", "Hillary|Clinton"],
+    labels=[name.replace(" ", "_") for name in TEXT_SOURCES],
+)
+DATASETS = {
+    "rotten_tomatoes": (rotten_tomatoes, ROTTEN_TOMATOES_PROMPT),
+    "sms_spam": (sms_spam, SMS_SPAM_PROMPT),
+    "election_tweets": (election_tweets, ELECTION_PROMPT),
+    "text_sources": (text_sources, TEXT_SOURCES_PROMPT),
+}
 SHOTS = (1, 4, 16, 64)
 
 
@@ -123,7 +147,7 @@ def run_backbone_dataset(backbone_name: str, dataset_name: str, seeds: int) -> d
             query_cost = train_queries * per_query
             dect.fit(train)
             rows["dect_seconds"].append(query_cost + dect.fit_seconds["total"])
-            rows["choice"].append(choice_label(dect.record.zero_shot_weight, dect.record.steps))
+            rows["choice"].append(choice_label(dect.record))
             predicted = dect.decision_scores(split["test"]["text"]).argmax(1)
             rows["dect"].append(float((predicted == test_labels).float().mean()))
 
@@ -230,9 +254,14 @@ def run_prompt_tuning(seeds: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def choice_label(weight: float | str, steps: int) -> str:
-    """A seed's cross-validated choice, short: "prompt" or weight x steps, e.g. "3.0x10"."""
-    return "prompt" if weight == PROMPT_ONLY else f"{weight}x{steps}"
+def choice_label(record) -> str:
+    """A seed's cross-validated choice, short: "prompt", prototype weight x steps ("3.0x10"), or linear weight
+    and C ("lin 1.0/C0.1")."""
+    if record.zero_shot_weight == PROMPT_ONLY:
+        return "prompt"
+    if record.head_type == "linear":
+        return f"lin {record.zero_shot_weight}/C{record.regularization}"
+    return f"{record.zero_shot_weight}x{record.steps}"
 
 
 def versus_probe(cell: dict[str, Any]) -> dict[str, Any]:
@@ -253,36 +282,30 @@ def versus_probe(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def floors(results: dict[str, Any]) -> list[str]:
-    """The issue's floors, checked on this run's numbers."""
-    lines = ["**Floors, checked on this run**", "", "| run | shots/class | floor | DecT | reference | verdict |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    """The floor, checked per cell on this run's numbers: DecT >= max(calibrated prompt, probe) - 1 point."""
+    lines = ["**Floor: DecT at least the better of the calibrated prompt and the probe, to within 1 point**", "",
+             "| run | shots/class | DecT | calibrated prompt | probe | floor | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    met = total = 0
     for key, r in results["runs"].items():
         zs = r.get("zero_shot")
         for k in SHOTS:
             cell = r[f"{k}_shots"]
-            dect = cell["dect"]["mean"]
-            if zs and k >= 4:
-                lines.append(f"| {key} | {k} | beats calibrated zero-shot | {dect:.1%} | {zs['calibrated']:.1%} | "
-                             f"{'met' if dect > zs['calibrated'] else 'missed'} |")  # fmt: skip
-            if zs:
-                # Means of 5 accuracies on 1,000 examples are multiples of 0.0002: round off float32 noise.
-                prompt = max(zs["calibrated"], zs["uncalibrated"])
-                verdict = "met" if round(dect, 4) >= round(prompt, 4) else "missed"
-                lines.append(f"| {key} | {k} | no worse than the prompt alone (its better scoring) | {dect:.1%} | "
-                             f"{prompt:.1%} | {verdict} |")  # fmt: skip
-            v = cell["versus_probe"]
-            lines.append(
-                f"| {key} | {k} | within noise of, or above, the probe | {dect:.1%} | "
-                f"{cell['probe']['mean']:.1%} (gap {100 * v['gap']:+.1f} ± {100 * v['standard_error']:.1f} points; "
-                f"paired ± {100 * v['paired_standard_error']:.1f}) | {v['verdict']} |"
-            )
+            dect, probe = cell["dect"]["mean"], cell["probe"]["mean"]
+            floor = max(probe, zs["calibrated"]) if zs else probe
+            # Means of accuracies on 1,000 examples are multiples of 0.0002: round off float32 noise.
+            ok = round(dect, 4) >= round(floor - 0.01, 4)
+            met, total = met + ok, total + 1
+            prompt = f"{zs['calibrated']:.1%}" if zs else "-"
+            lines.append(f"| {key} | {k} | {dect:.1%} | {prompt} | {probe:.1%} | {floor - 0.01:.1%} | "
+                         f"{'met' if ok else f'not met ({100 * (dect - floor):+.1f} points)'} |")  # fmt: skip
+    lines += ["", f"Floor met in {met} of {total} cells."]
     pt = results.get("prompt_tuning")
     if pt:
         dect_seconds = results["runs"]["smollm2/rotten_tomatoes"]["16_shots"]["dect_seconds"]["mean"]
         ratio = pt["train_seconds"]["mean"] / dect_seconds
-        verdict = f"{'met' if ratio >= 50 else 'missed'} ({ratio:.0f}x)"
-        lines.append(f"| smollm2/rotten_tomatoes | 16 | time at least 50x shorter than prompt tuning's | "
-                     f"{dect_seconds:.1f} s | {pt['train_seconds']['mean']:.0f} s | {verdict} |")  # fmt: skip
+        lines.append(f"Training-side time at 16 shots, SmolLM2 / Rotten Tomatoes: DecT {dect_seconds:.1f} s, "
+                     f"prompt tuning {pt['train_seconds']['mean']:.0f} s ({ratio:.0f}x).")  # fmt: skip
     return lines
 
 
@@ -298,7 +321,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['seconds_per_query'] * 1000:.0f} ms per backbone query)",
             "",
             "| shots/class | DecT acc. | probe acc. | DecT time (s) | probe time (s) | DecT queries "
-            "| chosen zero-shot weight x steps |",
+            "| cross-validated choice per seed |",
             "|---|---|---|---|---|---|---|",
         ]
         for k in SHOTS:

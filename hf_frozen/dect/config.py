@@ -40,6 +40,11 @@ class DecTConfig(FrozenAdapterConfig):
             prefix puts the label word where the answer slot reads it.
         text_column (`str`, defaults to `"text"`), text_pair_column (`str`, *optional*), label_column
             (`str`, defaults to `"label"`): dataset columns.
+        head (`str`, defaults to `"auto"`): the head `fit` trains: `"prototype"` (the paper's prototype
+            decoder), `"linear"` (a regularised logistic regression on the standardised hidden states, the prompt's
+            scores as an offset), or `"auto"`: whichever cross-validation on the training cache prefers.
+        regularization_candidates (`list[float]`, defaults to `[0.1, 1.0, 10.0]`): the linear head's inverse L2
+            strengths C (scikit-learn's convention) that cross-validation chooses among.
         projection_dim (`int`, defaults to `128`): size of the prototype space.
         steps (`int`, *optional*): full-batch Adam steps. Unset (the default) picks them by cross-validation on
             the training cache among `steps_candidates`, together with the zero-shot weight: fewer steps keep the
@@ -116,6 +121,14 @@ class DecTConfig(FrozenAdapterConfig):
         default=None, metadata={"help": "Dataset column with the second text of a pair, if any."}
     )
     label_column: str = dataclasses.field(default="label", metadata={"help": "Dataset column with the label."})
+    head: Literal["auto", "prototype", "linear"] = dataclasses.field(
+        default="auto",
+        metadata={"help": "The head fit trains: the paper's prototype decoder, a linear head, or auto (by CV)."},
+    )
+    regularization_candidates: list[float] = dataclasses.field(
+        default_factory=lambda: [0.1, 1.0, 10.0],
+        metadata={"help": "Inverse L2 strengths C of the linear head that cross-validation chooses among."},
+    )
     projection_dim: int = dataclasses.field(default=128, metadata={"help": "Size of the prototype space."})
     steps: int | None = dataclasses.field(
         default=None,
@@ -225,6 +238,16 @@ class DecTConfig(FrozenAdapterConfig):
             raise ValueError(
                 f"`steps_candidates` must be a non-empty list of integers >= 1 (e.g. [10, 30]), got "
                 f"{self.steps_candidates!r}."
+            )
+        if self.head not in ("auto", "prototype", "linear"):
+            raise ValueError(f"`head` must be 'auto', 'prototype' or 'linear', got {self.head!r}.")
+        if not self.regularization_candidates or any(
+            isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0
+            for c in self.regularization_candidates
+        ):
+            raise ValueError(
+                f"`regularization_candidates` must be a non-empty list of finite numbers > 0 (e.g. [0.1, 1.0, 10.0]), "
+                f"got {self.regularization_candidates!r}."
             )
         if self.zero_shot_weight is not None:
             check_positive(self, "zero_shot_weight", allow_zero=True)

@@ -1,4 +1,7 @@
-"""The DecT prototype decoder: a bias-free projection, fixed prototypes and a learnable radius per class.
+"""DecT's output-side heads, trained on the cached features in seconds: the paper's prototype decoder, and a
+linear head (a regularised logistic regression) that cross-validation picks where the prototypes underfit.
+
+The prototype decoder: a bias-free projection, fixed prototypes and a learnable radius per class.
 
     s_c(x) = -|| normalize(W h) - p_c ||_2 + r_c + lambda * z_c
 
@@ -8,6 +11,11 @@ projected examples to their projected class mean (Cui et al., 2023, and their re
 full-batch Adam on cross-entropy over `s`. Two departures: `h` is standardised per dimension with the
 training cache's statistics before the projection (`DecTHead.fit_statistics`), and lambda and the number of
 steps are chosen by cross-validation on the training cache (`selection.py`) instead of fixed.
+
+The linear head (`LinearHead`): s_c(x) = w_c . std(h) + b_c + lambda * z_c, an L2-regularised logistic
+regression on the standardised hidden states with the prompt's scores as a fixed offset, trained to convergence
+by L-BFGS (`fit_linear_head`). With lambda = 0 it is the linear probe a user would fit with scikit-learn on the
+same cache; with lambda > 0 it corrects the prompt instead of replacing it.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class DecTOutput(ModelOutput):
 
 
 class DecTHead(nn.Module):
-    """The prototype decoder. `forward` takes cached features, so it also trains inside a `Trainer`.
+    """The prototype decoder (`kind = "prototype"`). `forward` takes cached features, so it also trains inside a
+    `Trainer`.
 
     Args:
         hidden_size (`int`): size of the backbone's hidden states.
@@ -64,6 +73,7 @@ class DecTHead(nn.Module):
         standardize: bool | None = None,
     ) -> None:
         super().__init__()
+        self.kind = "prototype"
         self.standardize = standardize
         generator = torch.Generator().manual_seed(seed)
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False)
@@ -161,3 +171,106 @@ def train_head(
         losses.append(loss.item())
     head.eval()
     return losses
+
+
+class LinearHead(nn.Module):
+    """A linear head (`kind = "linear"`): logits = W std(h) + b + lambda z, fitted by `fit_linear_head`.
+
+    Args:
+        hidden_size (`int`): size of the backbone's hidden states.
+        num_classes (`int`): number of classes.
+        regularization (`float`, defaults to `1.0`): inverse L2 strength C, as scikit-learn's
+            `LogisticRegression(C=...)`: the loss is the summed cross-entropy plus ||W||^2 / (2C).
+    """
+
+    def __init__(self, hidden_size: int, num_classes: int, regularization: float = 1.0) -> None:
+        super().__init__()
+        self.kind = "linear"
+        self.classifier = nn.Linear(hidden_size, num_classes)
+        with torch.no_grad():  # the zero head: before fitting it predicts the prompt (or uniform) alone
+            self.classifier.weight.zero_()
+            self.classifier.bias.zero_()
+        self.register_buffer("regularization", torch.tensor(float(regularization)))
+        self.register_buffer("zero_shot_weight", torch.tensor(0.0))
+        self.register_buffer("feature_mean", torch.zeros(hidden_size))
+        self.register_buffer("feature_scale", torch.ones(hidden_size))
+
+    @torch.no_grad()
+    def fit_statistics(self, hidden_states: torch.Tensor) -> None:
+        """Standardise every dimension (the shrunk scale of `DecTHead.fit_statistics`): the L2 penalty then
+        treats all dimensions alike, whatever their raw scale."""
+        hidden_states = hidden_states.float()
+        self.feature_mean.copy_(hidden_states.mean(0))
+        self.feature_scale.copy_(shrunk_scale(hidden_states.var(0, unbiased=False)))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        zero_shot_scores: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> DecTOutput:
+        logits = self.classifier((hidden_states.float() - self.feature_mean) / self.feature_scale)
+        if zero_shot_scores is not None:
+            logits = logits + self.zero_shot_weight * zero_shot_scores.float()
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return DecTOutput(loss=loss, logits=logits)
+
+
+def fit_linear_head(
+    head: LinearHead,
+    hidden: torch.Tensor,
+    scores: torch.Tensor | None,
+    labels: torch.Tensor,
+    max_iterations: int = 200,
+) -> None:
+    """Fit the statistics, then W and b to the minimum of the regularised loss (L-BFGS, deterministic)."""
+    head.fit_statistics(hidden)
+    standardized = (hidden.float() - head.feature_mean) / head.feature_scale
+    offset = 0.0 if scores is None else head.zero_shot_weight * scores.float()
+    weight, bias = solve_logistic(standardized, offset, labels, head.classifier.out_features,
+                                  float(head.regularization), max_iterations=max_iterations)  # fmt: skip
+    with torch.no_grad():
+        head.classifier.weight.copy_(weight.T)
+        head.classifier.bias.copy_(bias)
+    head.eval()
+
+
+def solve_logistic(
+    features: torch.Tensor,
+    offset: torch.Tensor | float,
+    labels: torch.Tensor,
+    num_classes: int,
+    regularization: float | torch.Tensor,
+    in_training: torch.Tensor | None = None,
+    max_iterations: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmin over (W, b) of sum_i CE(x_i W + b + offset_i, y_i) + ||W||^2 / (2 C): multinomial logistic
+    regression with an offset, by L-BFGS from zero.
+
+    `features` (N, d) gives one problem; (M, N, d) gives M independent ones (with `offset` (M, N, C) or a number,
+    `regularization` (M,) and `in_training` (M, N), the rows each problem fits), solved together: their losses
+    are summed, so the joint minimum is every problem's own, in one L-BFGS run instead of M.
+    Returns W (d, C) and b (C,), or (M, d, C) and (M, C).
+    """
+    single = features.dim() == 2
+    features = features.float().unsqueeze(0) if single else features.float()
+    m, n, d = features.shape
+    mask = torch.ones(m, n) if in_training is None else in_training.float()
+    strength = torch.as_tensor(regularization, dtype=torch.float32).expand(m)
+    weight = torch.zeros(m, d, num_classes, requires_grad=True)
+    bias = torch.zeros(m, num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iterations, line_search_fn="strong_wolfe")
+    targets = labels.expand(m, -1)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = torch.bmm(features, weight) + bias.unsqueeze(1) + offset  # (M, N, C)
+        per_example = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (M, N)
+        loss = (per_example * mask).sum() + (weight.square().sum((1, 2)) / (2 * strength)).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    return (weight[0], bias[0]) if single else (weight, bias)

@@ -24,7 +24,7 @@ from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, det
 from .cache import CachedQueries
 from .config import DecTConfig
 from .data import read_examples
-from .head import DecTHead, train_head
+from .head import DecTHead, LinearHead, fit_linear_head, train_head
 from .record import DecTRecord
 from .selection import PROMPT_ONLY, choose_head_settings
 
@@ -39,6 +39,7 @@ class DecTModel(CachedQueries, HubMixin):
         config ([`DecTConfig`]): the hyperparameters.
         record ([`DecTRecord`]): the backbone and the choices of the last fit, saved with the head.
         cv_results (`dict`): per choice of the last fit's cross-validation, held-out loss and accuracy.
+        cv_choice (`str`): the key of the choice the last fit made in `cv_results`.
 
     Example:
         ```python
@@ -58,6 +59,7 @@ class DecTModel(CachedQueries, HubMixin):
         self.head: DecTHead | None = None
         self.calibration: torch.Tensor | None = None  # label-word log-probabilities of the empty input, (C,)
         self.cv_results: dict[str, dict[str, float]] = {}
+        self.cv_choice = ""  # the key of the last fit's choice in `cv_results`
         self.fit_seconds: dict[str, float] = {}
 
     @property
@@ -137,30 +139,41 @@ class DecTModel(CachedQueries, HubMixin):
 
     # -- training (selection.py, head.py) --------------------------------------------------------------------
 
-    def new_head(self, hidden_size: int | None = None) -> DecTHead:
-        """A fresh, untrained head sized for this backbone (to train in a `Trainer`, see `DecTCallback`)."""
+    def new_head(self, hidden_size: int | None = None, head_type: str | None = None) -> DecTHead | LinearHead:
+        """A fresh, untrained head sized for this backbone: of `head_type`, by default the type the last fit chose
+        (the prototype head before any fit; it is the one to train in a `Trainer`, see `DecTCallback`)."""
         if hidden_size is None:
             # The empty input is the calibration query anyway: its answer tells the hidden size.
             hidden_size = self.record.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
         c = self.config
+        if (head_type or self.record.head_type) == "linear":
+            return LinearHead(hidden_size, c.num_classes, self.record.regularization or 1.0)
         return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.head_seed, standardize=c.standardize_hidden)
+
+    def choose_head(self, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
+                    steps: list[int] | None = None, head_types: list[str] | None = None) -> None:  # fmt: skip
+        """Choose calibration, head type, zero-shot weight and steps or regularisation on the training cache
+        (`selection.py`), and record them."""
+        choice = choose_head_settings(hidden, raw, labels, self.config, self.zero_shot_scores,
+                                      self.new_head(hidden.shape[1], "prototype"), steps, head_types)  # fmt: skip
+        self.cv_results, self.cv_choice = choice.cv_results, choice.name
+        r = self.record
+        r.hidden_size, r.calibrate, r.zero_shot_weight = hidden.shape[1], choice.calibrate, choice.zero_shot_weight
+        r.head_type, r.regularization = choice.head_type, choice.regularization
+        r.steps = choice.steps if choice.head_type == "prototype" else 0  # the linear head is solved, not stepped
 
     def prepare_head(self, head: DecTHead, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
                      steps: list[int] | None = None, initialize: bool = True) -> torch.Tensor | None:  # fmt: skip
-        """Choose calibration, zero-shot weight and steps (among `steps`, by default the configured ones) on the
-        training cache, record them, and set `head` up to train from there (`initialize=False`: keep its weights, as
-        when a Trainer resumes). Returns the zero-shot scores in use."""
+        """Choose calibration, zero-shot weight and steps (among `steps`, by default the configured ones) for the
+        prototype `head` on the training cache, record them, and set `head` up to train from there
+        (`initialize=False`: keep its weights, as when a Trainer resumes). Returns the zero-shot scores in use."""
         if hidden.shape[1] != head.projection.in_features:
             raise ValueError(
                 f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
             )
-        choice = choose_head_settings(hidden, raw, labels, self.config, self.zero_shot_scores,
-                                      self.new_head(hidden.shape[1]), steps)  # fmt: skip
-        self.cv_results = choice.cv_results
-        self.record.hidden_size, self.record.calibrate = hidden.shape[1], choice.calibrate
-        self.record.zero_shot_weight, self.record.steps = choice.zero_shot_weight, choice.steps
+        self.choose_head(hidden, raw, labels, steps, head_types=[head.kind])
         if initialize:
-            weight = choice.zero_shot_weight
+            weight = self.record.zero_shot_weight
             head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
             head.initialize(hidden, labels)
         return None if raw is None else self.zero_shot_scores(raw)
@@ -182,17 +195,23 @@ class DecTModel(CachedQueries, HubMixin):
         start, queries_before = time.perf_counter(), self.num_queries
         hidden, raw, labels = self.training_features(dataset, split_across_processes)
         extracted = time.perf_counter()
+        self.choose_head(hidden, raw, labels)
         head = self.new_head(hidden.shape[1])
-        scores = self.prepare_head(head, hidden, raw, labels)
-        train_head(head, hidden, scores, labels, self.record.steps, self.config.head_learning_rate, initialize=False)
+        scores = None if raw is None else self.zero_shot_scores(raw)
+        weight = self.record.zero_shot_weight
+        head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
+        if isinstance(head, LinearHead):
+            fit_linear_head(head, hidden, scores, labels)
+        else:
+            train_head(head, hidden, scores, labels, self.record.steps, self.config.head_learning_rate)
         self.use_head(head, self.record.steps)
         done = time.perf_counter()
         self.fit_seconds = {"extraction": extracted - start, "training": done - extracted, "total": done - start}
         logger.info(
-            "DecT fit on %d examples: %d backbone queries, zero-shot weight %s (calibrated: %s), %d steps, "
+            "DecT fit on %d examples: %d backbone queries, %s head, zero-shot weight %s (calibrated: %s), %d steps, "
             "%.1fs extraction, %.2fs training",
-            len(labels), self.num_queries - queries_before, self.record.zero_shot_weight, self.record.calibrate,
-            self.record.steps, extracted - start, done - extracted,
+            len(labels), self.num_queries - queries_before, self.record.head_type, self.record.zero_shot_weight,
+            self.record.calibrate, self.record.steps, extracted - start, done - extracted,
         )  # fmt: skip
         return self
 

@@ -22,6 +22,8 @@ class DecTRecord(AdapterRecord):
         steps (`int`): the optimizer steps the head was trained for.
         calibrate (`bool`, *optional*): whether the zero-shot scores in use are calibrated (`None` without
             label-word scores).
+        head_type (`str`, *optional*): `"prototype"` or `"linear"`; unset in heads written before 0.2 (prototype).
+        regularization (`float`, *optional*): the linear head's inverse L2 strength C.
     """
 
     LEGACY_KEYS = {
@@ -40,3 +42,5 @@ class DecTRecord(AdapterRecord):
     zero_shot_weight: float | str | None = None
     steps: int | None = None
     calibrate: bool | None = None
+    head_type: str | None = None
+    regularization: float | None = None

@@ -25,6 +25,9 @@ from ..tiny_dect import TEMPLATE, WORDS
         ({"zero_shot_weight": -1.0}, "`zero_shot_weight`"),
         ({"response_prefix": "It is"}, "chat_template"),
         ({"hidden_pooling": "cls"}, "`hidden_pooling`"),
+        ({"head": "mlp"}, "`head` must be 'auto', 'prototype' or 'linear', got 'mlp'"),
+        ({"regularization_candidates": [1.0, 0.0]}, "`regularization_candidates` must be a non-empty list"),
+        ({"regularization_candidates": []}, "`regularization_candidates`"),
     ],
 )
 def test_bad_config_is_named(kwargs, message):

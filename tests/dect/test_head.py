@@ -1,4 +1,4 @@
-"""The prototype head: standardisation of the hidden states."""
+"""The heads: the prototype head's standardisation of the hidden states, the linear head."""
 
 import torch
 
@@ -6,7 +6,8 @@ from ..tiny_dect import make, sentiment
 
 
 def test_standardisation_is_fitted_and_can_be_switched_off():
-    on, off = make("callable", standardize_hidden=True), make("callable", standardize_hidden=False)
+    on = make("callable", standardize_hidden=True, head="prototype")
+    off = make("callable", standardize_hidden=False, head="prototype")
     on.fit(sentiment(16))
     off.fit(sentiment(16))
     hidden, _, _ = on.features(sentiment(16))
@@ -28,3 +29,40 @@ def test_standardisation_by_default_only_when_a_few_dimensions_dominate():
         head.fit_statistics(hidden)
         head.init_radius(hidden, labels)
         assert bool((head.feature_scale != 1).any()) is standardized
+
+
+def test_linear_head_without_the_prompt_is_scikit_learns_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from hf_frozen.dect.head import LinearHead, fit_linear_head
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 12, generator=generator) * 2
+    labels = torch.arange(60) % 3
+    hidden = centres[labels] + torch.randn(60, 12, generator=generator) * 3
+    head = LinearHead(12, 3, regularization=0.5)
+    fit_linear_head(head, hidden, None, labels)
+    standardized = ((hidden - head.feature_mean) / head.feature_scale).numpy()
+    reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=5000).fit(standardized, labels.numpy())
+    with torch.no_grad():
+        probabilities = head(hidden).logits.softmax(-1).numpy()
+    assert abs(probabilities - reference.predict_proba(standardized)).max() < 1e-3
+
+
+def test_linear_head_is_chosen_saved_and_loaded(tmp_path):
+    from hf_frozen import AutoFrozenModel
+    from hf_frozen.dect.head import LinearHead
+
+    from ..tiny_dect import ClusterAPI
+
+    dect = make("callable", head="linear", regularization_candidates=[0.3, 3.0])
+    dect.fit(sentiment(32))
+    assert isinstance(dect.head, LinearHead) and dect.record.head_type == "linear"
+    assert dect.record.regularization in (0.3, 3.0) and dect.record.steps == 0
+    assert not any(name.startswith("weight=") for name in dect.cv_results), "prototype heads were not asked for"
+    assert dect.evaluate(sentiment(100, seed=3))["accuracy"] > 0.9
+    dect.save_pretrained(tmp_path / "head")
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "head", base_model=ClusterAPI())
+    assert isinstance(loaded.head, LinearHead) and loaded.record.head_type == "linear"
+    saved = dect.head.state_dict()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in loaded.head.state_dict().items())

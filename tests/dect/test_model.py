@@ -63,7 +63,7 @@ def test_push_to_hub(tmp_path, monkeypatch):
     hub = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(hf_frozen.utils.hub, "HfApi", hub.api)
     monkeypatch.setattr(hf_frozen.utils.hub, "hf_hub_download", hub.download)
-    dect = make("callable")
+    dect = make("callable", head="prototype")
     dect.fit(sentiment(8))
     dect.push_to_hub("me/dect-head")
     assert "tags:\n- hf-frozen\n- dect" in (hub.root / "me" / "dect-head" / "README.md").read_text()

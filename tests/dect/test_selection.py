@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_frozen import DecTConfig, get_frozen_model
-from hf_frozen.dect.selection import PROMPT_ONLY, choice_name
+from hf_frozen.dect.selection import PROMPT_ONLY
 
 from .. import tiny_dect
 from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, make, sentiment
@@ -14,9 +14,8 @@ from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, make, sentiment
 def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
     dect = make("callable")
     dect.fit(sentiment(64, seed=0))
-    selected, steps = dect.record.zero_shot_weight, dect.record.steps
-    assert selected in (0.0, 0.1, 0.3) and steps in (10, 30), dect.cv_results
-    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[choice_name(selected, steps)]["loss"]
+    assert dect.record.zero_shot_weight in (0.0, 0.1, 0.3), dect.cv_results
+    assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[dect.cv_choice]["loss"]
     assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
     assert dect.fit_seconds["training"] < 5
 
@@ -76,13 +75,13 @@ def test_calibration_is_used_only_when_it_clearly_helps():
 
 
 def test_fixed_weight_steps_and_one_shot():
-    dect = make("callable", zero_shot_weight=0.25)
+    dect = make("callable", zero_shot_weight=0.25, head="prototype")
     dect.fit(sentiment(8))
     assert dect.record.zero_shot_weight == 0.25 and float(dect.head.zero_shot_weight) == 0.25
     # The steps are still cross-validated, the prompt alone is not a choice.
     assert set(dect.cv_results) == {"weight=0.25, steps=10", "weight=0.25, steps=30"}
     assert dect.record.steps in (10, 30)
-    fixed = make("callable", zero_shot_weight=0.25, steps=7)
+    fixed = make("callable", zero_shot_weight=0.25, steps=7, head="prototype")
     fixed.fit(sentiment(8))
     assert fixed.record.steps == 7 and fixed.cv_results == {}, "nothing left to choose"
     one_shot = make("callable")
@@ -112,3 +111,46 @@ def test_heads_trained_together_match_heads_trained_alone(standardize):
             train_head(head, hidden[rows], scores[rows], labels[rows], steps=steps, learning_rate=0.01)
             with torch.no_grad():
                 torch.testing.assert_close(together[steps][m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)
+
+
+class ManyClassAPI:
+    """Six classes: hidden states around a class centre (a probe separates them well), label-word scores that
+    name the right class 40% of the time. Deterministic per text, so train and test queries agree."""
+
+    def __init__(self, classes: int = 6, dim: int = 24):
+        self.centres = np.random.default_rng(0).normal(size=(classes, dim)) * 1.5
+        self.classes = classes
+
+    def __call__(self, prompts, label_words):
+        hidden, scores = [], []
+        for prompt in prompts:
+            words = prompt.split()
+            label = int(next((w[1:] for w in words if w.startswith("c") and w[1:].isdigit()), 0))
+            rng = np.random.default_rng(abs(hash(prompt)) % 2**32)
+            hidden.append(self.centres[label] + rng.normal(size=self.centres.shape[1]))
+            named = label if rng.random() < 0.4 else int(rng.integers(self.classes))
+            scores.append(np.eye(self.classes)[named] * 3.0)
+        return np.array(hidden), np.array(scores)
+
+
+def many_class_rows(per_class: int, offset: int, classes: int = 6):
+    texts = [f"c{c} n{offset + i}" for c in range(classes) for i in range(per_class)]
+    return {"text": texts, "label": [c for c in range(classes) for _ in range(per_class)]}
+
+
+def test_auto_head_beats_a_weak_prompt_and_keeps_up_with_a_linear_probe():
+    from sklearn.linear_model import LogisticRegression
+
+    config = DecTConfig(template="{text} {answer}", label_words=[f"w{c}" for c in range(6)], calibrate=False)
+    dect = get_frozen_model(ManyClassAPI(), config, backbone_name="many-class-v1")
+    dect.show_progress = False
+    train, test = many_class_rows(16, 0), many_class_rows(40, 1000)
+    dect.fit(train)
+    assert dect.record.zero_shot_weight != PROMPT_ONLY, dect.cv_results
+    hidden, _, labels = dect.features(train)
+    test_hidden, _, test_labels = dect.features(test)
+    probe = LogisticRegression(max_iter=2000).fit(hidden.numpy(), labels.numpy())
+    probe_accuracy = (probe.predict(test_hidden.numpy()) == test_labels.numpy()).mean()
+    accuracy = dect.evaluate(test)["accuracy"]
+    prompt_accuracy = dect.evaluate(test, scoring="zero_shot_uncalibrated")["accuracy"]
+    assert accuracy > prompt_accuracy + 0.2 and accuracy >= probe_accuracy - 0.02, (accuracy, probe_accuracy)
