@@ -51,6 +51,17 @@ class DecTOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
+def with_prompt(
+    logits: torch.Tensor, weight: torch.Tensor, zero_shot_scores: torch.Tensor | None, labels: torch.Tensor | None
+) -> DecTOutput:
+    """A head's logits plus the weighted zero-shot scores (both heads mix the prompt in the same way), and the
+    cross-entropy when `labels` are given."""
+    if zero_shot_scores is not None:
+        logits = logits + weight * zero_shot_scores.float()
+    loss = F.cross_entropy(logits, labels) if labels is not None else None
+    return DecTOutput(loss=loss, logits=logits)
+
+
 class DecTHead(nn.Module):
     """The prototype decoder (`kind = "prototype"`). `forward` takes cached features, so it also trains inside a
     `Trainer`.
@@ -121,11 +132,9 @@ class DecTHead(nn.Module):
         zero_shot_scores: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> DecTOutput:
-        logits = -self.distances(hidden_states) + self.radius
-        if zero_shot_scores is not None:
-            logits = logits + self.zero_shot_weight * zero_shot_scores.float()
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return DecTOutput(loss=loss, logits=logits)
+        return with_prompt(
+            -self.distances(hidden_states) + self.radius, self.zero_shot_weight, zero_shot_scores, labels
+        )
 
     def initialize(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> None:
         """What training starts from: the standardisation statistics, then the radii, of the training cache."""
@@ -210,10 +219,7 @@ class LinearHead(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> DecTOutput:
         logits = self.classifier((hidden_states.float() - self.feature_mean) / self.feature_scale)
-        if zero_shot_scores is not None:
-            logits = logits + self.zero_shot_weight * zero_shot_scores.float()
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return DecTOutput(loss=loss, logits=logits)
+        return with_prompt(logits, self.zero_shot_weight, zero_shot_scores, labels)
 
 
 def fit_linear_head(
