@@ -77,11 +77,12 @@ CASES = {
     "dect-masked_lm": Case(
         lambda tmp: dect_on_disk("masked_lm", tmp), dect_scores,
         lambda m, tmp: ["library_name: hf-frozen", "pipeline_tag: text-classification", "- dect",
-                        f"Training steps: `{m.record.steps}`"],
+                        f"Head: `{m.record.head_type}`"],
     ),
     "dect-seq2seq_lm-fixed-weight": Case(
-        lambda tmp: dect_on_disk("seq2seq_lm", tmp, zero_shot_weight=0.5, steps=7), dect_scores,
-        lambda m, tmp: ["library_name: hf-frozen", "Zero-shot weight in use: `0.5`", "Training steps: `7`"],
+        lambda tmp: dect_on_disk("seq2seq_lm", tmp, zero_shot_weight=0.5, steps=7, head="prototype"), dect_scores,
+        lambda m, tmp: ["library_name: hf-frozen", "Zero-shot weight in use: `0.5`",
+                        "Head: `prototype`, training steps: `7`"],
     ),
 }  # fmt: skip
 

@@ -328,17 +328,22 @@ class DecTModel(CachedQueries, HubMixin):
 def model_card(c: DecTConfig, r: DecTRecord, repo_id: str | None = None) -> str:
     """The README.md that `push_to_hub` uploads with a DecT head (through `huggingface_hub.ModelCard`)."""
     classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
+    if r.head_type == "linear":
+        head, setting = "a linear head (regularised logistic regression)", f"Head: `linear`, C = `{r.regularization}`"
+    else:
+        head = f"a {c.projection_dim}-dimensional prototype decoder"
+        setting = f"Head: `prototype`, training steps: `{r.steps}`"
     body = f"""
 # DecT head
 
 A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbone
-`{c.backbone_name_or_path}` ({r.backbone_kind}): a {c.projection_dim}-dimensional prototype decoder over the
-backbone's hidden state at the answer slot, combined with the prompt's label-word scores.
+`{c.backbone_name_or_path}` ({r.backbone_kind}): {head} over the backbone's hidden state at the answer slot,
+combined with the prompt's label-word scores.
 
 - Template: `{c.template}`
 - Classes and label words: {classes}
 - Zero-shot weight in use: `{r.zero_shot_weight}` (calibrated: `{r.calibrate}`)
-- Training steps: `{r.steps}`
+- {setting}
 
 ## Usage
 
