@@ -212,14 +212,18 @@ class LinearHead(nn.Module):
         self.feature_mean.copy_(hidden_states.mean(0))
         self.feature_scale.copy_(shrunk_scale(hidden_states.var(0, unbiased=False)))
 
+    def standardized(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """h with the fitted statistics applied: what the classifier reads."""
+        return (hidden_states.float() - self.feature_mean) / self.feature_scale
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         zero_shot_scores: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> DecTOutput:
-        logits = self.classifier((hidden_states.float() - self.feature_mean) / self.feature_scale)
-        return with_prompt(logits, self.zero_shot_weight, zero_shot_scores, labels)
+        return with_prompt(self.classifier(self.standardized(hidden_states)), self.zero_shot_weight,
+                           zero_shot_scores, labels)  # fmt: skip
 
 
 def fit_linear_head(
@@ -231,7 +235,7 @@ def fit_linear_head(
 ) -> None:
     """Fit the statistics, then W and b to the minimum of the regularised loss (L-BFGS, deterministic)."""
     head.fit_statistics(hidden)
-    standardized = (hidden.float() - head.feature_mean) / head.feature_scale
+    standardized = head.standardized(hidden)
     offset = 0.0 if scores is None else head.zero_shot_weight * scores.float()
     weight, bias = solve_logistic(standardized, offset, labels, head.classifier.out_features,
                                   float(head.regularization), max_iterations=max_iterations)  # fmt: skip

@@ -227,7 +227,7 @@ def cross_validate_linear(
     for train_idx, _ in folds_idx:
         statistics = LinearHead(hidden.shape[1], prior.shape[1])
         statistics.fit_statistics(hidden[train_idx])
-        standardized = (hidden - statistics.feature_mean) / statistics.feature_scale
+        standardized = statistics.standardized(hidden)
         mask = torch.zeros(len(hidden), dtype=torch.bool)
         mask[train_idx] = True
         for choice in choices:
