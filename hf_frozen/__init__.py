@@ -14,6 +14,7 @@ _EXPORTS = {
     "DecTConfig": ".dect",
     "DecTHead": ".dect",
     "DecTModel": ".dect",
+    "Endpoint": ".dect",
     "FrozenDecoderCallback": ".frozen_decoder",
     "FrozenDecoderConfig": ".frozen_decoder",
     "FrozenDecoderModel": ".frozen_decoder",
@@ -35,6 +36,7 @@ __all__ = [
     "DecTConfig",
     "DecTHead",
     "DecTModel",
+    "Endpoint",
     "FrozenAdapterConfig",
     "FrozenDecoderCallback",
     "FrozenDecoderConfig",
@@ -52,7 +54,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .auto import AutoFrozenModel, get_frozen_model
     from .config import FrozenAdapterConfig
-    from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel
+    from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel, Endpoint
     from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel, MultiEncoderModel
     from .mixing import mix_tasks, task_probabilities
     from .pipelines import DecTClassificationPipeline, FrozenDecoderGenerationPipeline, pipeline

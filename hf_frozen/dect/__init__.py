@@ -11,6 +11,8 @@ _EXPORTS = {
     "DecTHead": ".head",
     "DecTModel": ".model",
     "DecTRecord": ".record",
+    "Endpoint": ".backbones.endpoint",
+    "EndpointError": ".backbones.http_client",
 }
 __all__ = [
     "DecTCallback",
@@ -19,9 +21,13 @@ __all__ = [
     "DecTHead",
     "DecTModel",
     "DecTRecord",
+    "Endpoint",
+    "EndpointError",
 ]
 
 if TYPE_CHECKING:
+    from .backbones.endpoint import Endpoint
+    from .backbones.http_client import EndpointError
     from .callback import DecTCallback, DecTCollator
     from .config import DecTConfig
     from .head import DecTHead

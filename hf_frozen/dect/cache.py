@@ -204,22 +204,41 @@ class CachedQueries:
         return gathered
 
     def _query(self, inputs: Inputs) -> dict[str, Entry]:
-        """Query the backbone for `inputs`, caching each answer as soon as its batch returns."""
+        """Query the backbone for `inputs`, caching each answer as soon as it returns.
+
+        A backbone with `query_each` (an endpoint) answers example by example, so a run stopped by an error or a
+        kill keeps every answer received; others answer a batch at a time.
+        """
         answers = {}
         # Input length in characters orders prompts well enough to keep padding small, without tokenizing every
         # prompt an extra time just to sort.
         todo = sorted(inputs, key=lambda k: len(inputs[k][0]) + len(inputs[k][1] or ""))
+        if hasattr(self.backbone, "query_each"):
+            bar = tqdm(total=len(todo), desc="DecT: querying the endpoint", unit="example",
+                       disable=not self.show_progress)  # fmt: skip
+            with bar:
+                for row, hidden, scores in self.backbone.query_each([inputs[k] for k in todo]):
+                    answers[todo[row]] = self._store(todo[row], hidden[None], scores[None], [inputs[todo[row]][0]])[0]
+                    bar.update(1)
+            return answers
         batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         bar = tqdm(batches, desc="DecT: querying the backbone", unit="batch", disable=not self.show_progress)
         for batch in bar:
             hidden, scores = self.backbone.query([inputs[k] for k in batch])
-            self.num_queries += len(batch)
-            _check_finite(hidden, scores, [inputs[k][0] for k in batch])
-            for row, key in enumerate(batch):
-                entry = (hidden[row], None if scores is None else scores[row])
-                self.cache.put(key, *entry)
-                answers[key] = entry
+            answers.update(zip(batch, self._store(batch, hidden, scores, [inputs[k][0] for k in batch]), strict=True))
         return answers
+
+    def _store(self, keys: list[str] | str, hidden: np.ndarray, scores: np.ndarray | None, texts: list[str]) -> list:
+        """Check and cache the answers to `keys` (rows of `hidden` and `scores`); returns them as entries."""
+        keys = [keys] if isinstance(keys, str) else keys
+        self.num_queries += len(keys)
+        _check_finite(hidden, scores, texts)
+        entries = []
+        for row, key in enumerate(keys):
+            entry = (hidden[row], None if scores is None else scores[row])
+            self.cache.put(key, *entry)
+            entries.append(entry)
+        return entries
 
 
 def _check_finite(hidden: np.ndarray, scores: np.ndarray | None, texts: list[str]) -> None:

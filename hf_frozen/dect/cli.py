@@ -3,6 +3,9 @@
     hf-frozen dect --model_name_or_path roberta-large --train_file train.csv --test_file test.csv \
         --template "{text} It was {answer}." --label_words "terrible|bad" "great|good" --output_dir out/dect
 
+With `--endpoint URL`, the backbone is the model `--model_name_or_path` served at an OpenAI-compatible URL
+(vLLM, llama.cpp's server, a hosted API); the API key is read from `--api_key_env` (default `OPENAI_API_KEY`).
+
 Every `DecTConfig` field is an option too (`hf-frozen dect --help`); options can also come from one `.json`
 file (`hf-frozen dect args.json`).
 """
@@ -24,7 +27,9 @@ from .config import DecTConfig
 
 @dataclasses.dataclass
 class DecTRunArguments:
-    model_name_or_path: str = dataclasses.field(metadata={"help": "Hub id or local path of the frozen backbone."})
+    model_name_or_path: str = dataclasses.field(
+        metadata={"help": "Hub id or local path of the frozen backbone; with --endpoint, the served model's name."}
+    )
     output_dir: str = dataclasses.field(metadata={"help": "Where the head, its config and metrics.json go."})
     backbone: Literal["auto", "masked_lm", "causal_lm", "seq2seq_lm", "encoder"] = dataclasses.field(
         default="auto",
@@ -43,6 +48,38 @@ class DecTRunArguments:
     shots: int | None = dataclasses.field(
         default=None, metadata={"help": "Fit on this many examples per class, drawn by --head_seed; unset: all."}
     )
+    endpoint: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Base URL of an OpenAI-compatible API serving the backbone, e.g. http://127.0.0.1:8000/v1."},
+    )
+    api_key_env: str = dataclasses.field(
+        default="OPENAI_API_KEY", metadata={"help": "With --endpoint: the environment variable holding the API key."}
+    )
+    label_scores: Literal["constrained", "floor"] = dataclasses.field(
+        default="constrained",
+        metadata={"help": "With --endpoint: a class whose label tokens miss the top-k is asked again with a logit "
+                  "bias (constrained, exact) or given the smallest returned log-probability (floor)."},
+    )  # fmt: skip
+    top_logprobs: int = dataclasses.field(default=20, metadata={"help": "With --endpoint: top log-probs per query."})
+    concurrency: int = dataclasses.field(default=4, metadata={"help": "With --endpoint: requests in flight at once."})
+    timeout: float = dataclasses.field(default=60.0, metadata={"help": "With --endpoint: seconds per request."})
+    max_retries: int = dataclasses.field(
+        default=5, metadata={"help": "With --endpoint: retries after a timeout, lost connection, 429 or 5xx."}
+    )
+
+    def base_model(self):
+        """The backbone: an `Endpoint` for `--endpoint`, else (model, tokenizer) loaded from the Hub or a folder."""
+        if self.endpoint is None:
+            from .backbones import load_backbone
+
+            return load_backbone(self.model_name_or_path, self.backbone)
+        from .backbones import Endpoint
+
+        if self.backbone != "auto":
+            raise ValueError(f"`--backbone {self.backbone}` loads a local model; with `--endpoint` leave it unset.")
+        endpoint = Endpoint(self.endpoint, self.model_name_or_path, self.api_key_env, self.label_scores,
+                            self.top_logprobs, self.concurrency, self.timeout, self.max_retries)  # fmt: skip
+        return endpoint, None
 
 
 def _load_splits(run: DecTRunArguments):
@@ -68,14 +105,13 @@ def dect_main(argv: list[str]) -> dict:
     else:
         run, config = parser.parse_args_into_dataclasses(argv)
     # Imported after parsing: `--help` and argument errors answer without loading torch.
-    from .backbones import load_backbone
     from .data import few_shot
     from .model import DecTModel
 
     train, test = _load_splits(run)
     if run.shots is not None:
         train = few_shot(train, config.label_column, run.shots, config.head_seed)
-    backbone, tokenizer = load_backbone(run.model_name_or_path, run.backbone)
+    backbone, tokenizer = run.base_model()
     config.backbone_name_or_path = run.model_name_or_path
     dect = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
     dect.fit(train)
@@ -87,6 +123,9 @@ def dect_main(argv: list[str]) -> dict:
         if dect.record.backbone_kind != "encoder":
             metrics["test"]["zero_shot"] = dect.evaluate(test, scoring="zero_shot")
     metrics["backbone_queries"] = dect.num_queries
+    if run.endpoint:  # what the API was sent, retries included
+        metrics["endpoint_requests"] = dect.backbone.client.requests
+        metrics["endpoint_retries"] = dect.backbone.client.retries
     dect.save_pretrained(run.output_dir)
     with open(os.path.join(run.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

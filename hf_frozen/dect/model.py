@@ -1,7 +1,7 @@
 """`DecTModel`: a frozen backbone behind a query cache, plus a DecT head: fit, predict, evaluate, save and load.
 
 How the pieces fit (docs/architecture.md draws it): `data.py` reads examples, `cache.py` answers them from the
-cache or the backbone (`backbones.py`, one query per example), `selection.py` chooses calibration, weight and
+cache or the backbone (`backbones/`, one query per example), `selection.py` chooses calibration, weight and
 steps on the training cache, `head.py` trains the prototype decoder, and `record.py` keeps what fitting chose.
 """
 
@@ -20,7 +20,7 @@ from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
 from ..registry import register_adapter
 from ..utils.hub import HubMixin, build_model_card
 from ..utils.logging import get_logger
-from .backbones import AUTO_CLASSES, Backbone, CallableBackbone, HFBackbone, detect_kind, load_backbone
+from .backbones import AUTO_CLASSES, Backbone, Endpoint, build_backbone, load_backbone
 from .cache import CachedQueries
 from .config import DecTConfig
 from .data import read_examples
@@ -79,22 +79,27 @@ class DecTModel(CachedQueries, HubMixin):
         """What `hf_frozen.get_frozen_model` calls.
 
         Args:
-            model: a transformers masked, causal or seq2seq LM or plain encoder, or a callable
-                `fn(prompts, label_words) -> (hidden_states, label_word_scores or None)` for a model behind an API.
+            model: a transformers masked, causal or seq2seq LM or plain encoder; an `Endpoint` (a model behind an
+                OpenAI-compatible API); or a callable `fn(prompts, label_words) -> (hidden_states, label_word_scores
+                or None)` for any other API.
             config: the `DecTConfig`.
             tokenizer: the model's tokenizer (transformers models only).
             backbone_name: for callables, a name and version of the model behind it, part of the cache key.
             answer_placeholder: for callables, the text put in the `{answer}` slot (default: prompt cut there).
         """
         config = copy.deepcopy(config)
-        if detect_kind(model) == "callable":
-            backbone: Backbone = CallableBackbone(model, config, backbone_name or "", answer_placeholder)
-            config.backbone_name_or_path = config.backbone_name_or_path or backbone_name
-        else:
-            backbone = HFBackbone(model, tokenizer, config)
-            if config.backbone_name_or_path is None:
+        backbone = build_backbone(model, config, tokenizer, backbone_name, answer_placeholder)
+        if config.backbone_name_or_path is None:
+            if backbone.kind == "callable":
+                config.backbone_name_or_path = backbone_name
+            elif backbone.kind == "endpoint":
+                config.backbone_name_or_path = model.model
+            else:
                 config.backbone_name_or_path = getattr(model.config, "_name_or_path", None) or None
-        return cls(backbone, config)
+        dect = cls(backbone, config)
+        if backbone.kind == "endpoint":
+            dect.record.endpoint = model.saved_settings()
+        return dect
 
     # -- zero-shot scores and features ------------------------------------------------------------------------
 
@@ -291,6 +296,13 @@ class DecTModel(CachedQueries, HubMixin):
             if not callable(base_model):
                 raise ValueError("This DecT head was fitted on a callable backbone: pass it again as `base_model=`.")
             backbone_name = backbone_name or config.backbone_name_or_path
+        elif record.backbone_kind == "endpoint":
+            if base_model is None and record.endpoint:
+                base_model = Endpoint(**record.endpoint)  # the recorded URL and model; the key from the environment
+            if not isinstance(base_model, Endpoint):
+                raise ValueError(
+                    "This DecT head was fitted on an endpoint backbone: pass `base_model=Endpoint(base_url, model)`."
+                )
         elif base_model is None or isinstance(base_model, str):
             base_id = base_model or config.backbone_name_or_path
             if not base_id:

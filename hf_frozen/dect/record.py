@@ -12,7 +12,7 @@ class DecTRecord(AdapterRecord):
     """The backbone a head was fitted on and the choices fitting made.
 
     Args:
-        backbone_kind (`str`): `masked_lm`, `causal_lm`, `seq2seq_lm`, `encoder` or `callable`.
+        backbone_kind (`str`): `masked_lm`, `causal_lm`, `seq2seq_lm`, `encoder`, `endpoint` or `callable`.
         backbone_fingerprint (`str`): SHA-256 of the backbone's weights, vocabulary and chat template (or of a
             callable's name).
         backbone_settings_fingerprint (`str`, *optional*): SHA-256 of the backbone's config fields that change
@@ -24,6 +24,8 @@ class DecTRecord(AdapterRecord):
             label-word scores).
         head_type (`str`, *optional*): `"prototype"` or `"linear"`; unset in heads written before 0.2 (prototype).
         regularization (`float`, *optional*): the linear head's inverse L2 strength C.
+        endpoint (`dict`, *optional*): for an endpoint backbone, its URL, model and scoring settings, and the name of
+            the environment variable holding its API key (never the key).
     """
 
     LEGACY_KEYS = {
@@ -44,3 +46,4 @@ class DecTRecord(AdapterRecord):
     calibrate: bool | None = None
     head_type: str | None = None
     regularization: float | None = None
+    endpoint: dict | None = None

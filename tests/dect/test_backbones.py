@@ -67,7 +67,7 @@ def test_bad_backbones_and_label_words_are_named():
     with pytest.raises(ValueError, match="start with the same token"):
         get_frozen_model(backbone("masked_lm"), DecTConfig(template=TEMPLATE, label_words=["bad|good", "good"]),
                          tokenizer=tok)  # fmt: skip
-    with pytest.raises(TypeError, match="transformers model or a callable"):
+    with pytest.raises(TypeError, match="transformers model, an `Endpoint` or a callable"):
         get_frozen_model(object(), DecTConfig(template=TEMPLATE, label_words=WORDS))
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -1,9 +1,9 @@
-"""Backbones DecT can query: masked, causal and seq2seq LMs, plain encoders, and a user callable (an API).
+"""A local transformers model as DecT's backbone: masked, causal and seq2seq LMs and plain encoders.
 
-A backbone turns a batch of (text, text_pair) inputs into prompts, runs one frozen forward pass, and returns
-for each example the hidden state `h` at the answer position and the label-word scores `z` (for each class,
-the max logit over its label words' first sub-tokens). Vocabulary logits are computed at the answer
-position only: a pre-hook on the output embeddings cuts the LM head's input down to that one position.
+One frozen forward pass per batch gives, for each example, the hidden state `h` at the answer position and the
+label-word scores `z` (for each class, the max logit over its label words' first sub-tokens). Vocabulary logits
+are computed at the answer position only: a pre-hook on the output embeddings cuts the LM head's input down to
+that one position.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import copy
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +36,10 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
-from ..utils.fingerprint import fingerprint_json, fingerprint_tensors, numeric_config
-from .config import DecTConfig
-from .prompt import PromptTemplate
+from ...utils.fingerprint import fingerprint_json, fingerprint_tensors, numeric_config
+from ..config import DecTConfig
+from ..prompt import PromptTemplate
+from .base import check_answer_comes_last
 
 # How each kind of transformers backbone is loaded.
 AUTO_CLASSES = {
@@ -49,25 +50,8 @@ AUTO_CLASSES = {
 }
 
 
-class Backbone(Protocol):
-    kind: str
-    fingerprint: str  # weights, vocabulary and chat template (or a callable's name)
-    settings_fingerprint: str  # the model config and tokenizer pipeline ("" for a callable)
-
-    def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(hidden (N, d), label-word scores (N, C) or None) for a batch of (text, text_pair)."""
-        ...
-
-
-def detect_kind(model: Any) -> str:
-    """Which way to query `model`, or a clear error for models DecT cannot use."""
-    if not isinstance(model, PreTrainedModel):
-        if callable(model):
-            return "callable"
-        raise TypeError(
-            f"DecT needs a transformers model or a callable, got {type(model).__name__}. For a model behind an "
-            "API, pass a function `fn(prompts, label_words) -> (hidden_states, label_word_scores)`."
-        )
+def transformers_kind(model: PreTrainedModel) -> str:
+    """Which way to query a transformers model, or a clear error for models DecT cannot use."""
     name = type(model).__name__
     has_head = model.get_output_embeddings() is not None
     if getattr(model.config, "is_encoder_decoder", False) and has_head:
@@ -82,16 +66,6 @@ def detect_kind(model: Any) -> str:
         f"DecT cannot query {name}: load the backbone as a masked LM (`AutoModelForMaskedLM`), causal LM "
         "(`AutoModelForCausalLM`), seq2seq LM (`AutoModelForSeq2SeqLM`) or plain encoder (`AutoModel`)."
     )
-
-
-def check_answer_comes_last(prompt: PromptTemplate, what: str) -> None:
-    """Prompts cut at the answer slot (causal LMs, APIs) would lose the text if the slot came before it."""
-    if not prompt.answer_comes_last():
-        raise ValueError(
-            f"`template` {prompt.template!r} puts {{answer}} before the text, but {what} reads the answer after the "
-            "prompt, which is cut at {answer}: every prompt would lose its text. Put {answer} last, e.g. "
-            "'{text} It was {answer}'."
-        )
 
 
 def kind_from_config(config: PretrainedConfig) -> str:
@@ -176,7 +150,7 @@ class HFBackbone:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: DecTConfig) -> None:
         if tokenizer is None:
             raise ValueError("DecT on a transformers model needs its tokenizer: pass `tokenizer=`.")
-        self.kind = detect_kind(model)
+        self.kind = transformers_kind(model)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.config = config
@@ -389,47 +363,3 @@ class HFBackbone:
             if with_special[start : start + len(plain)] == plain:
                 return with_special[:start]
         return []
-
-
-class CallableBackbone:
-    """A model behind an API: `fn(prompts, label_words) -> (hidden_states, label_word_scores or None)`.
-
-    Prompts are the template rendered with `answer_placeholder` in the answer slot, or cut at the slot
-    (causal style) when it is None. `name` identifies the model and its version in the cache key: change it
-    whenever the service's model changes.
-    """
-
-    kind = "callable"
-
-    def __init__(
-        self, fn: Callable[..., Any], config: DecTConfig, name: str, answer_placeholder: str | None = None
-    ) -> None:
-        if not name:
-            raise ValueError("A callable backbone needs `backbone_name=` (model and version) to key its cache.")
-        self.fn = fn
-        self.config = config
-        self.prompt = PromptTemplate(config.template)
-        self.answer_placeholder = answer_placeholder
-        if answer_placeholder is None:
-            check_answer_comes_last(self.prompt, "a callable backbone without `answer_placeholder`")
-        self.fingerprint = hashlib.sha256(f"callable|{name}|{answer_placeholder}".encode()).hexdigest()
-        self.settings_fingerprint = ""  # everything about the service is in `name`
-
-    def render(self, text: str, text_pair: str | None) -> str:
-        return self.prompt.render(text, text_pair, self.answer_placeholder)
-
-    def query(self, inputs: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray | None]:
-        prompts = [self.render(text, pair) for text, pair in inputs]
-        result = self.fn(prompts, self.config.label_words)
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError("The backbone callable must return a tuple (hidden_states, label_word_scores or None).")
-        hidden = np.asarray(result[0], dtype=np.float32)
-        scores = None if result[1] is None else np.asarray(result[1], dtype=np.float32)
-        n, c = len(prompts), self.config.num_classes
-        if hidden.ndim != 2 or hidden.shape[0] != n:
-            raise ValueError(
-                f"The backbone callable returned hidden states of shape {hidden.shape}, expected ({n}, d)."
-            )
-        if scores is not None and scores.shape != (n, c):
-            raise ValueError(f"The backbone callable returned scores of shape {scores.shape}, expected ({n}, {c}).")
-        return hidden, scores
