@@ -58,7 +58,7 @@ def run_backbone(make_dect, split, shots: int, seeds: int) -> dict:
     dect = make_dect()
     dect.show_progress = False
     pools = [few_shot(split["pool"], shots, seed) for seed in range(seeds)]
-    texts = list(dict.fromkeys([t for pool in pools for t in pool["text"]] + split["test"]["text"] + [""]))
+    texts = list(dict.fromkeys([t for pool in pools for t in pool["text"]] + list(split["test"]["text"]) + [""]))
     start = time.perf_counter()
     hidden, scores = dect.extract(texts)
     seconds = time.perf_counter() - start

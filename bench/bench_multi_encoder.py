@@ -6,12 +6,24 @@
    process; we report the bytes of distinct tensors held and the process's peak RSS.
 2. Throughput: 32 examples from 4 tasks (8 each, source 64 tokens, 32 new tokens, greedy and 3 beams) decoded
    as one mixed batch against one task at a time (4 batches of 8), in the same process.
-3. Forgetting (the paper's finding, small): a tiny T5 is pretrained on task A (reverse a sequence) until it
+3. Many LoRA tasks (`--only lora`): 100 LoRA task encoders (r=8 on q and v, random adapters) on one
+   t5-small-sized base. Encoder throughput of a mixed batch of 64 rows over 32 tasks (2 rows each, 128 tokens),
+   through the shared base-encoder pass, against a batch of 64 rows of one task, and against the per-task pass
+   (one encoder pass per task group, how a mixed batch ran before). Outputs of the mixed batch against each task
+   alone (greedy and 3 beams, 16 new tokens). Memory, each in its own process: peak RSS with the base model alone
+   and with the 100 tasks added; floor: the 100 tasks' RSS <= base + 100 x adapter size + 10%.
+4. Many full task encoders, few in memory (`--only lru`): 1,000 task names over 20 distinct full-encoder
+   artifacts on a t5-mini-sized base (d_model 256, 4+4 layers), registered with `max_resident_encoders=16`: peak
+   RSS, and the latency of a request to a warm (resident) task against a cold one (read back from its file);
+   100 tasks all resident for comparison.
+5. Forgetting (the paper's finding, small): a tiny T5 is pretrained on task A (reverse a sequence) until it
    solves it, then fine-tuned on task B (shift every token by one) with a trainable and with a frozen decoder.
    Exact-match accuracy on both tasks afterwards, 200 held-out examples each.
 
-    python bench/bench_multi_encoder.py          # about 10 minutes on 2 CPU cores
+    python bench/bench_multi_encoder.py          # about 12 minutes on 2 CPU cores
     python bench/bench_multi_encoder.py --only forgetting
+    python bench/bench_multi_encoder.py --only lora
+    python bench/bench_multi_encoder.py --only lru
 
 Writes bench/results/multi_encoder.json and prints Markdown tables.
 """
@@ -22,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +138,182 @@ def bench_throughput(folder: str, repeats: int = 3) -> list[dict]:
     return rows
 
 
+LORA_TASKS, LORA_MIXED_TASKS, LORA_ROWS, LORA_LENGTH = 100, 32, 64, 128
+
+
+def make_lora_artifacts(folder: str, count: int) -> dict[str, str]:
+    """`count` LoRA task encoders: one LoRA model whose adapter is redrawn and saved per task."""
+    from hf_frozen import FrozenDecoderConfig, get_frozen_model
+
+    torch.manual_seed(0)
+    config = FrozenDecoderConfig(encoder_training="lora", lora_r=8, lora_alpha=16)
+    model = get_frozen_model(T5ForConditionalGeneration(T5Config(**SMALL)), config)
+    paths = {}
+    for i in range(count):
+        g = torch.Generator().manual_seed(i + 1)
+        with torch.no_grad():
+            for p in model.encoder_state_dict().values():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        paths[f"task{i}"] = os.path.join(folder, f"lora{i}")
+        model.save_pretrained(paths[f"task{i}"])
+    return paths
+
+
+def lora_memory_child(count: int, folder: str) -> dict:
+    from hf_frozen import MultiEncoderModel
+
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.manual_seed(0)
+    base = T5ForConditionalGeneration(T5Config(**SMALL))
+    paths = {f"task{i}": os.path.join(folder, f"lora{i}") for i in range(count)}
+    server = MultiEncoderModel.from_pretrained(base, paths)
+    adapter = sum(t["bytes"] for t in server.tasks().values())
+    return {"tasks": count, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start,
+            "base_bytes": distinct_bytes([base]), "adapter_bytes": adapter,
+            "tensor_bytes": distinct_bytes([server])}  # fmt: skip
+
+
+def bench_lora(folder: str, repeats: int = 5) -> dict:
+    from hf_frozen import MultiEncoderModel
+
+    paths = make_lora_artifacts(folder, LORA_TASKS)
+    memory = []
+    for count in (0, LORA_TASKS):
+        done = subprocess.run([sys.executable, __file__, "--lora-memory-child", str(count), folder],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            sys.exit(done.stderr[-3000:])
+        memory.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base, full = memory
+    allowed = 1.1 * (base["peak_rss_bytes"] + full["adapter_bytes"])
+    result: dict = {"memory": memory, "memory_allowed_bytes": allowed, "memory_met": full["peak_rss_bytes"] <= allowed}
+    print(f"lora memory: {memory}", file=sys.stderr)
+
+    torch.manual_seed(0)
+    server = MultiEncoderModel.from_pretrained(T5ForConditionalGeneration(T5Config(**SMALL)), paths).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 32128, (LORA_ROWS, LORA_LENGTH), generator=g)
+    mask = torch.ones_like(ids)
+    mixed_tasks = [f"task{i % LORA_MIXED_TASKS}" for i in range(LORA_ROWS)]
+    one_task = ["task0"] * LORA_ROWS
+
+    def best_time(tasks: list[str]) -> float:
+        times = []
+        with torch.inference_mode():
+            server.encode(ids[:8], mask[:8], tasks[:8])  # warm-up
+            for _ in range(repeats):
+                start = time.perf_counter()
+                server.encode(ids, mask, tasks)
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    single, mixed = best_time(one_task), best_time(mixed_tasks)
+    parts = dict(server.lora_parts)
+    server.lora_parts = dict.fromkeys(parts)  # the per-task pass: one encoder pass per task group
+    per_task = best_time(mixed_tasks)
+    server.lora_parts = parts
+    result["throughput"] = {"one_task_seconds": single, "mixed_shared_pass_seconds": mixed,
+                            "mixed_per_task_pass_seconds": per_task, "ratio": single / mixed,
+                            "per_task_pass_ratio": single / per_task, "met": single / mixed >= 0.8}  # fmt: skip
+    print(f"lora throughput: {result['throughput']}", file=sys.stderr)
+
+    identical = {}
+    short = ids[:, :32]
+    for beams in (1, 3):
+        kwargs = dict(max_new_tokens=16, min_new_tokens=16, num_beams=beams, do_sample=False)
+        out = server.generate(input_ids=short, tasks=mixed_tasks, **kwargs)
+        same = True
+        for task in dict.fromkeys(mixed_tasks):
+            rows = [i for i, t in enumerate(mixed_tasks) if t == task]
+            alone = server.generate(input_ids=short[rows], tasks=[task] * len(rows), **kwargs)  # its own encoder
+            same &= out[rows].tolist() == alone.tolist()
+        identical[f"beams={beams}"] = same
+    result["identical_outputs"] = identical
+    print(f"lora identical outputs: {identical}", file=sys.stderr)
+    return result
+
+
+# Many full task encoders, few resident: a t5-mini-sized base, so that 1,000 tasks register in about a minute.
+MINI = dict(SMALL, d_model=256, d_ff=1024, num_layers=4, num_heads=4)
+LRU_TASKS, LRU_DISTINCT, LRU_RESIDENT = 1000, 20, 16
+
+
+def make_lru_artifacts(folder: str) -> dict[str, str]:
+    """`LRU_TASKS` task names over `LRU_DISTINCT` distinct full-encoder artifacts (the rest are symlinks to them)."""
+    from hf_frozen import FrozenDecoderConfig, get_frozen_model
+
+    distinct = []
+    for i in range(LRU_DISTINCT):
+        torch.manual_seed(0)
+        model = get_frozen_model(T5ForConditionalGeneration(T5Config(**MINI)), FrozenDecoderConfig())
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(i + 1)
+            for p in model.encoder_state_dict().values():
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+        distinct.append(os.path.join(folder, f"mini{i}"))
+        model.save_pretrained(distinct[-1])
+    paths = {}
+    for i in range(LRU_TASKS):
+        paths[f"task{i}"] = os.path.join(folder, f"mini-task{i}")
+        os.symlink(distinct[i % LRU_DISTINCT], paths[f"task{i}"])
+    return paths
+
+
+def lru_child(folder: str, count: int, resident: int | None) -> dict:
+    """Register `count` tasks with at most `resident` in memory; peak RSS, then cold and warm request latency."""
+    from hf_frozen import MultiEncoderModel
+
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.manual_seed(0)
+    base = T5ForConditionalGeneration(T5Config(**MINI))
+    base_bytes = distinct_bytes([base])
+    paths = {f"task{i}": os.path.join(folder, f"mini-task{i}") for i in range(count)}
+    start = time.perf_counter()
+    server = MultiEncoderModel.from_pretrained(base, paths, max_resident_encoders=resident)
+    register_seconds = time.perf_counter() - start
+    listing = server.tasks()
+    result = {"tasks": count, "max_resident": resident, "register_seconds": register_seconds,
+              "resident_after_register": sum(t["resident"] for t in listing.values()),
+              "bytes_per_task": listing["task0"]["bytes"], "base_bytes": base_bytes,
+              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss}  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 32128, (8, 64), generator=g)
+
+    def latency(task: str) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            server.generate(input_ids=ids, tasks=[task] * 8, max_new_tokens=8, num_beams=1, do_sample=False)
+        return time.perf_counter() - start
+
+    latency(f"task{count - 1}")  # warm-up
+    warm = [latency(f"task{count - 1}") for _ in range(5)]
+    # Cold: a task evicted long ago (with every task resident, there is no cold task).
+    cold = [latency(f"task{i}") for i in range(5)] if resident else []
+    result.update(
+        warm_seconds=statistics.median(warm),
+        cold_seconds=statistics.median(cold) if cold else None,
+        resident_after_requests=len(server.encoders),
+        peak_rss_after_requests_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss,
+    )
+    return result
+
+
+def bench_lru(folder: str) -> dict:
+    make_lru_artifacts(folder)
+    runs = []
+    for count, resident in ((LRU_TASKS, LRU_RESIDENT), (100, None)):
+        done = subprocess.run([sys.executable, __file__, "--lru-child", folder, str(count), str(resident or 0)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            sys.exit(done.stderr[-3000:])
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"lru: {runs[-1]}", file=sys.stderr)
+    lazy, eager = runs
+    # The bound's evidence: 1,000 tasks with K resident take less memory than 100 tasks all resident.
+    met = lazy["peak_rss_after_requests_bytes"] < eager["peak_rss_after_requests_bytes"]
+    return {"runs": runs, "eager_bytes_needed_for_all": LRU_TASKS * lazy["bytes_per_task"], "memory_bound_met": met}
+
+
 def bench_forgetting(seed: int = 0) -> dict:
     """Task A: reverse; task B: shift by one. A task token (3 or 4) starts each input."""
     from hf_frozen import FrozenDecoderConfig, get_frozen_model
@@ -197,6 +386,42 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['num_beams']} | {r['mixed_seconds']:.2f} | {r['one_task_at_a_time_seconds']:.2f} | "
                          f"{r['speedup']:.2f}x | {r['identical_outputs']} |")  # fmt: skip
         lines.append("")
+    if "lora" in results:
+        r = results["lora"]
+        t, (base, full) = r["throughput"], r["memory"]
+        lines += [f"{LORA_TASKS} LoRA tasks, encoder pass over {LORA_ROWS} rows x {LORA_LENGTH} tokens:", "",
+                  "| batch | seconds | throughput vs one task |", "|---|---|---|",
+                  f"| {LORA_ROWS} rows of one task | {t['one_task_seconds']:.3f} | 1.00x |",
+                  f"| {LORA_ROWS} rows over {LORA_MIXED_TASKS} tasks, shared pass | "
+                  f"{t['mixed_shared_pass_seconds']:.3f} | "
+                  f"{t['ratio']:.2f}x ({'met' if t['met'] else 'not met'}: floor 0.8x) |",
+                  f"| the same, one pass per task | {t['mixed_per_task_pass_seconds']:.3f} | "
+                  f"{t['per_task_pass_ratio']:.2f}x |", "",
+                  f"Identical outputs to each task alone: {r['identical_outputs']}.", "",
+                  f"Memory (peak RSS over the process's start): base alone {base['peak_rss_bytes'] / 2**20:.0f} MiB; "
+                  f"with {LORA_TASKS} tasks {full['peak_rss_bytes'] / 2**20:.0f} MiB; adapters "
+                  f"{full['adapter_bytes'] / 2**20:.1f} MiB in all; allowed (base + adapters) x 1.1 = "
+                  f"{r['memory_allowed_bytes'] / 2**20:.0f} MiB: {'met' if r['memory_met'] else 'not met'}.",
+                  ""]  # fmt: skip
+    if "lru" in results:
+        r = results["lru"]
+        lazy, eager = r["runs"]
+        mib = 2**20
+        lines += [f"{lazy['tasks']:,} full task encoders ({lazy['bytes_per_task'] / mib:.1f} MiB each, t5-mini-sized "
+                  f"base), at most {lazy['max_resident']} resident:", "",
+                  "| tasks | resident | register (s) | peak RSS over start | warm request (s) | cold request (s) |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for run in (lazy, eager):
+            cold = f"{run['cold_seconds']:.3f}" if run["cold_seconds"] is not None else "-"
+            rss = run["peak_rss_after_requests_bytes"] / mib
+            lines.append(f"| {run['tasks']:,} | {run['max_resident'] or 'all'} | {run['register_seconds']:.1f} | "
+                         f"{rss:.0f} MiB | {run['warm_seconds']:.3f} | {cold} |")  # fmt: skip
+        verdict = "met" if r["memory_bound_met"] else "not met"
+        lines += ["", f"Holding all {lazy['tasks']:,} would need {r['eager_bytes_needed_for_all'] / mib:,.0f} MiB of "
+                  f"encoder weights alone. {lazy['tasks']:,} tasks with {lazy['max_resident']} resident take less "
+                  f"memory than {eager['tasks']} tasks all resident: {verdict}. A cold request reads the task's "
+                  "safetensors file, checks its checksum and fingerprints and builds its encoder; a request is 8 "
+                  "rows x 64 tokens, 8 new tokens, greedy.", ""]  # fmt: skip
     if "forgetting" in results:
         f = results["forgetting"]
         lines += [f"Pretrained on A for {f['pretraining_steps_on_A']} steps, then 1,500 steps on B:", "",
@@ -210,10 +435,20 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["memory", "throughput", "forgetting"])
+    parser.add_argument("--only", choices=["memory", "throughput", "lora", "lru", "forgetting"])
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--lora-memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--lru-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lru_child:
+        folder, count, resident = args.lru_child
+        print(json.dumps(lru_child(folder, int(count), int(resident) or None)))
+        return
+    if args.lora_memory_child:
+        count, folder = args.lora_memory_child
+        print(json.dumps(lora_memory_child(int(count), folder)))
+        return
     if args.memory_child:
         kind, count, folder = args.memory_child
         print(json.dumps(memory_child(kind, int(count), folder)))
@@ -226,6 +461,10 @@ def main() -> None:
             results["memory"] = bench_memory(folder)
         if args.only in (None, "throughput"):
             results["throughput"] = bench_throughput(folder)
+        if args.only in (None, "lora"):
+            results["lora"] = bench_lora(folder)
+        if args.only in (None, "lru"):
+            results["lru"] = bench_lru(folder)
     if args.only in (None, "forgetting"):
         results["forgetting"] = bench_forgetting()
     table = markdown(results)

@@ -31,6 +31,7 @@ PROMPT = [[5, 17, 42, 8, 23, 61, 9, 30]]
 class WorkerArguments:
     base: str
     report_dir: str
+    decoder_dtype: str | None = None
 
 
 def use_deepspeed_on_cpu() -> None:
@@ -80,7 +81,10 @@ def main() -> None:
         raise RuntimeError(f"{training_args.world_size} processes seen of {os.environ['WORLD_SIZE']} (see above)")
 
     artifact_writes = count_artifact_writes()
-    model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(worker_args.base), FrozenDecoderConfig())
+    model = get_frozen_model(
+        AutoModelForSeq2SeqLM.from_pretrained(worker_args.base),
+        FrozenDecoderConfig(decoder_dtype=worker_args.decoder_dtype),
+    )
     decoder_before = full_copies(model.decoder_tensors())
     encoder_before = fingerprint_tensors(model.encoder_state_dict())
     trainer = Seq2SeqTrainer(
@@ -103,6 +107,8 @@ def main() -> None:
         "decoder_identical": decoder_before.keys() == decoder_after.keys()
         and all(torch.equal(decoder_before[k], t) for k, t in decoder_after.items()),
         "encoder_before": encoder_before,
+        "decoder_dtypes": sorted({str(t.dtype) for t in decoder_after.values() if t.is_floating_point()}),
+        "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
         "encoder_after": fingerprint_tensors(model.encoder_state_dict()),
         "optimized_tensors": sorted(id(p) for p in optimized_tensors(trainer.optimizer)),
         "trainable_tensors": sorted(id(p) for p in trainable),

@@ -64,8 +64,11 @@ def launch(launcher: str, script_args: list[str], cwd: Path) -> subprocess.Compl
     return done
 
 
-def run(engine: str, folder: Path, base: Path, resume_from: Path | None = None) -> tuple[list[dict], str]:
+def run(
+    engine: str, folder: Path, base: Path, resume_from: Path | None = None, extra_args: tuple[str, ...] = ()
+) -> tuple[list[dict], str]:
     launcher, engine_args = ENGINES[engine]
+    engine_args = [*engine_args, *extra_args]
     folder.mkdir()
     args = [
         "--base", str(base), "--report_dir", str(folder), "--output_dir", str(folder / "out"),
@@ -156,6 +159,21 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
         middle = load_file(tmp_path / "run" / "out" / "checkpoint-2" / WEIGHTS_NAME)
         assert max((ends[0][k] - ends[1][k]).abs().max().item() for k in middle) < 1e-5
         assert max((ends[0][k] - middle[k]).abs().max().item() for k in middle) > 1e-3
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_bf16_decoder_with_an_fp32_encoder_two_processes(engine, base, tmp_path):
+    """Mixed dtypes in one engine: a bf16 frozen decoder (`decoder_dtype`) and an fp32 encoder and optimizer."""
+    reports, _ = run(engine, tmp_path / "run", base, extra_args=("--decoder_dtype", "bfloat16"))
+    for report in reports:
+        assert report["global_step"] == 4 and report["decoder_dtypes"] == ["torch.bfloat16"]
+        assert report["trainable_dtypes"] == ["torch.float32"]
+        assert report["decoder_identical"] and report["encoder_after"] != report["encoder_before"]
+        assert report["optimized_tensors"] == report["trainable_tensors"]
+    assert reports[0]["encoder_after"] == reports[1]["encoder_after"]
+    # Loaded in a fresh process onto the fp32 base, the artifact casts the decoder again and generates the same.
+    artifact = tmp_path / "run" / "out" / "checkpoint-4"
+    assert generate_in_fresh_process(artifact, [[5, 17, 42, 8, 23, 61, 9, 30]]) == reports[0]["generated"]
 
 
 # -- DecT: the backbone queries are shared among the processes ----------------------------------------------------

@@ -9,6 +9,7 @@ from ..config import FrozenAdapterConfig, check_choice, check_positive
 from .record import FrozenDecoderRecord
 
 ENCODER_TRAINING_MODES = ("full", "lora")
+DECODER_DTYPE_NAMES = ("bfloat16", "float16")  # the keys of `precision.DECODER_DTYPES`
 
 
 @dataclasses.dataclass
@@ -35,6 +36,11 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
         lora_target_modules (`list[str]`, *optional*, defaults to `None`):
             Names of the encoder's linear layers to adapt; `None` picks the attention query and value
             projections (`q`/`v` in T5-style models, `q_proj`/`v_proj` in BART-style ones).
+        decoder_dtype (`Literal["bfloat16", "float16"]`, *optional*, defaults to `None`):
+            Hold the frozen decoder side (decoder, its embeddings, the LM head and any tied embedding) in this
+            dtype, while the encoder and its optimizer keep theirs: the decoder never gets an optimizer step, so it
+            needs no fp32 copy. `None` keeps the base model's dtype. The artifact records it, and loading casts
+            the base model's decoder the same way (on an fp32 or a bf16 base alike).
     """
 
     ADAPTER_TYPE = "frozen_decoder"
@@ -74,8 +80,20 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
         },
     )
 
+    decoder_dtype: Literal["bfloat16", "float16"] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Hold the frozen decoder side in this dtype (bfloat16 or float16) while the encoder and its "
+            "optimizer stay in theirs; unset keeps the base model's dtype."
+        },
+    )
+
     def __post_init__(self) -> None:
         check_choice(self, "encoder_training", ENCODER_TRAINING_MODES)
+        if str(self.decoder_dtype).startswith("torch."):  # a torch.dtype given for its name
+            self.decoder_dtype = str(self.decoder_dtype).removeprefix("torch.")
+        if self.decoder_dtype is not None:
+            check_choice(self, "decoder_dtype", DECODER_DTYPE_NAMES)
         if not isinstance(self.train_encoder_embeddings, bool):
             raise ValueError(
                 f"`train_encoder_embeddings` must be True or False, got {self.train_encoder_embeddings!r}."

@@ -2,7 +2,9 @@
 
 DeepSpeed edits every parameter of the model it is given, trainable or not, in two places:
 - `fp16.enabled` / `bf16.enabled` cast all parameters to half precision in place when the engine starts, so an
-  fp32 decoder stops being the fingerprinted one (and the task encoder stops matching the shared decoder);
+  fp32 decoder stops being the fingerprinted one (and the task encoder stops matching the shared decoder). A
+  decoder already held in that dtype (`FrozenDecoderConfig.decoder_dtype`) is left as it is, and is accepted;
+  an fp32 engine with a bf16/fp16 decoder is accepted too (mixed dtypes: the boundary casts of `precision.py`);
 - `compression_training` quantizes or prunes the weights of every matching layer, the decoder's included.
 One more key decides whether the Trainer can save at all, and would otherwise only fail at the first checkpoint:
 - `zero_optimization.stage3_gather_16bit_weights_on_model_save` must be true for a `FrozenDecoderModel`: the
@@ -48,9 +50,10 @@ def check_deepspeed_config(config: Mapping[str, Any], model: FrozenDecoderBase) 
             raise ValueError(
                 f"DeepSpeed config key `{key}.enabled` is true: DeepSpeed would cast every parameter to {want} when "
                 f"training starts, the frozen decoder ({have}) included, so it would no longer be the decoder the "
-                f"task encoder is trained for. Either load the base model in {want} before `get_frozen_model` "
-                f"(`from_pretrained(..., dtype=torch.{want})`) so that the shared decoder is the {want} one, or set "
-                f"`{key}.enabled` to false."
+                f"task encoder is trained for. Hold the decoder in {want} from the start with "
+                f'`FrozenDecoderConfig(decoder_dtype="{want}")` (the encoder keeps fp32 master weights in '
+                f"DeepSpeed's optimizer), or set `{key}.enabled` to false: an fp32 engine also trains an fp32 "
+                f"encoder against a `decoder_dtype` decoder."
             )
     zero = config.get("zero_optimization") or {}
     gather_key = "stage3_gather_16bit_weights_on_model_save"

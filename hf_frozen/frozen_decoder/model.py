@@ -39,6 +39,7 @@ from .freezing import (
     resolve_lora_targets,
     trainable_encoder_names,
 )
+from .precision import cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
 from .sides import module_prefix, split_sides
 
@@ -82,7 +83,10 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
             give_encoder_own_embeddings(base_model, encoder_prefix)
         resolve_lora_targets(encoder, config)
         apply_encoder_training(encoder, trainable, config)
+        if config.decoder_dtype is not None:
+            cast_decoder_side(base_model, encoder_prefix, config.decoder_dtype)
         super().__init__(base_model)  # fingerprints the decoder side as it is now
+        self._boundary_casts = install_boundary_casts(base_model, encoder_prefix) if config.decoder_dtype else []
         base_model._hf_frozen_adapter = config.ADAPTER_TYPE
         self.frozen_config = config
 
@@ -260,7 +264,9 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
         that generates what this model generates. The base model is changed in place; this wrapper is spent.
 
         An encoder trained with `train_encoder_embeddings=True` has its own copy of the embedding, which a stock
-        checkpoint cannot hold (loading ties it back to the decoder's): it is refused.
+        checkpoint cannot hold (loading ties it back to the decoder's): it is refused. A decoder held in low
+        precision (`decoder_dtype`) is cast back to the encoder's dtype, exactly (every bf16/fp16 value is an fp32
+        one), since a plain model runs in one dtype.
         """
         if self.frozen_config.train_encoder_embeddings:
             raise ValueError(
@@ -276,6 +282,14 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
                     module.merge(adapter_names=[ADAPTER_NAME])
                     parent_name, _, child = name.rpartition(".")
                     setattr(encoder.get_submodule(parent_name), child, module.get_base_layer())
+            if self.frozen_config.decoder_dtype is not None:
+                for handle in self._boundary_casts:
+                    handle.remove()
+                sides = split_sides(base, self.encoder_prefix)
+                dtype = next(t.dtype for t in sides.encoder.values() if t.is_floating_point())
+                for tensor in sides.decoder.values():
+                    if tensor.is_floating_point():
+                        tensor.data = tensor.data.to(dtype)
         del base._hf_frozen_adapter
         return base
 

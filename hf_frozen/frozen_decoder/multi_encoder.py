@@ -3,12 +3,14 @@
 Each task encoder is built from a frozen-decoder artifact. It is a copy of the base model's encoder in which
 only the artifact's tensors are new; every frozen tensor (LoRA's base weights, a tied embedding) is the
 base model's own object, shared. A mixed batch is encoded group by group, each group through its task's
-encoder and trimmed to its own padding so that it sees exactly what it would see alone. The decoder then runs
-once over the whole batch.
+encoder and trimmed to its own padding so that it sees exactly what it would see alone; the rows of plain LoRA
+task encoders instead share one pass of the base encoder, each row group adding its own adapter's update
+(`mixed_lora.py`). The decoder then runs once over the whole batch.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import re
@@ -30,8 +32,10 @@ from .artifact import (
 )
 from .base import FrozenDecoderBase
 from .config import FrozenDecoderConfig
-from .freezing import apply_encoder_training, resolve_lora_targets, trainable_encoder_names
+from .freezing import apply_encoder_training, check_encoder_decoder, resolve_lora_targets, trainable_encoder_names
+from .mixed_lora import LoraParts, lora_parts, mixed_lora
 from .model import FrozenDecoderModel
+from .precision import cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
 from .sides import module_prefix
 
@@ -60,6 +64,13 @@ class MultiEncoderModel(FrozenDecoderBase):
 
     Args:
         base_model ([`~transformers.PreTrainedModel`]): the encoder-decoder base every task was trained on.
+        max_resident_encoders (`int`, *optional*, defaults to `None`): keep at most this many task encoders that
+            were added from files (a folder or Hub repo) in memory, the least recently used leaving first; one that
+            is needed again is read back from its safetensors file and checked again (a cold task). `None` keeps
+            every task resident. A batch that needs more tasks than this holds them all while it runs.
+        decoder_dtype (`str`, *optional*, defaults to `None`): hold the shared decoder in `"bfloat16"` or
+            `"float16"`, for tasks trained with `FrozenDecoderConfig(decoder_dtype=...)`. `from_pretrained` reads
+            it from the tasks' configs.
 
     Example:
         ```python
@@ -68,24 +79,54 @@ class MultiEncoderModel(FrozenDecoderBase):
         ```
     """
 
-    def __init__(self, base_model: PreTrainedModel) -> None:
-        super().__init__(base_model)
+    def __init__(
+        self, base_model: PreTrainedModel, max_resident_encoders: int | None = None, decoder_dtype: str | None = None
+    ) -> None:
+        if decoder_dtype is not None:
+            check_encoder_decoder(base_model)
+            FrozenDecoderConfig(decoder_dtype=decoder_dtype)  # validates the name
+            cast_decoder_side(base_model, module_prefix(base_model, base_model.get_encoder()), decoder_dtype)
+        super().__init__(base_model)  # fingerprints the decoder as it is now
         base_model.eval().requires_grad_(False)
-        self.encoders = nn.ModuleDict()
+        self.decoder_dtype = decoder_dtype
+        # Task encoders are deep copies of the base encoder and carry these hooks along (deepcopy keeps the hook
+        # functions), so every one of them hands the decoder its own dtype.
+        self._boundary_casts = install_boundary_casts(base_model, self.encoder_prefix) if decoder_dtype else []
+        if max_resident_encoders is not None and (
+            isinstance(max_resident_encoders, bool) or not isinstance(max_resident_encoders, int)
+            or max_resident_encoders < 1
+        ):  # fmt: skip
+            raise ValueError(
+                f"`max_resident_encoders` must be a positive integer or None (keep every task), got "
+                f"{max_resident_encoders!r}."
+            )
+        self.max_resident_encoders = max_resident_encoders
+        self.encoders = nn.ModuleDict()  # the task encoders in memory (all of them unless `max_resident_encoders`)
+        # Every task, resident or not, in the order added: the registry that task names and `task_ids` refer to.
         self.task_configs: dict[str, FrozenDecoderConfig] = {}
         self.task_records: dict[str, FrozenDecoderRecord] = {}
+        self.lora_parts: dict[str, LoraParts | None] = {}  # per task: its LoRA pairs, if it can share a pass
+        self._sources: dict[str, tuple[Any, str | None, str | bool | None]] = {}  # task -> (artifact, revision, token)
+        self._sizes: dict[str, dict[str, int]] = {}
+        self._last_used: collections.OrderedDict[str, None] = collections.OrderedDict()  # oldest first
 
     @classmethod
     def from_pretrained(
         cls,
         base_model: PreTrainedModel | str | os.PathLike,
         tasks: dict[str, Any] | None = None,
+        max_resident_encoders: int | None = None,
         **base_model_kwargs: Any,
     ) -> MultiEncoderModel:
-        """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`."""
+        """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`.
+
+        With `max_resident_encoders=K`, at most K of them stay in memory (see the class docstring): each is still
+        read and checked once here, so a broken artifact fails now rather than at its first request.
+        """
         if isinstance(base_model, (str, os.PathLike)):
             base_model = AutoModelForSeq2SeqLM.from_pretrained(base_model, **base_model_kwargs)
-        model = cls(base_model)
+        model = cls(base_model, max_resident_encoders=max_resident_encoders,
+                    decoder_dtype=_tasks_decoder_dtype(tasks or {}))  # fmt: skip
         for name, artifact in (tasks or {}).items():
             model.add_task(name, artifact)
         return model
@@ -108,14 +149,27 @@ class MultiEncoderModel(FrozenDecoderBase):
             replace (`bool`, defaults to `False`): allow overwriting an existing task.
         """
         check_task_name(name)
-        if name in self.encoders and not replace:
+        if name in self.task_configs and not replace:
             raise ValueError(f"Task {name!r} already exists: pass `replace=True` to swap its encoder.")
+        self._load_task(name, artifact, revision, token)
+        self._touch([name])
+        self._evict(keep={name})
+
+    def _load_task(self, name: str, artifact: Any, revision: str | None, token: str | bool | None) -> None:
+        """Build, check and register the encoder of `artifact` under `name` (what `add_task` does, less eviction)."""
         if isinstance(artifact, FrozenDecoderModel):
             config, record, tensors = artifact.frozen_config, artifact.record, artifact.encoder_state_dict()
             source = f"the model for {name!r}"
         else:
             source = str(artifact)
             config, record, tensors = load_encoder_artifact(artifact, revision=revision, token=token)
+        if config.decoder_dtype != self.decoder_dtype:
+            raise ValueError(
+                f"Task {name!r}: the encoder in {source} was trained against a decoder held in "
+                f"{config.decoder_dtype or 'the base model dtype'} (`decoder_dtype={config.decoder_dtype!r}`), this "
+                f"model holds its decoder in {self.decoder_dtype or 'the base model dtype'}. Serve tasks of one "
+                f"`decoder_dtype` together: `MultiEncoderModel(base, decoder_dtype={config.decoder_dtype!r})`."
+            )
         # The artifact's tensors are the task's own; every other encoder tensor is the base model's, shared.
         own = {k.removeprefix(self.encoder_prefix) for k in tensors if k.startswith(self.encoder_prefix)}
         encoder = self._copy_encoder(config, own, trainable=set()).requires_grad_(False).eval()
@@ -126,27 +180,62 @@ class MultiEncoderModel(FrozenDecoderBase):
             raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
         copy_artifact_tensors(self._own_tensors(encoder), tensors, f"{source} (task {name!r})")
         # Built completely before it replaces anything: a failure leaves the served tasks as they were.
+        self._register(name, encoder, config, record)
+        if isinstance(artifact, FrozenDecoderModel):
+            self._sources.pop(name, None)  # an in-memory model cannot be read back: it stays resident
+        else:
+            self._sources[name] = (artifact, revision, token)
+
+    def _register(
+        self, name: str, encoder: nn.Module, config: FrozenDecoderConfig, record: FrozenDecoderRecord
+    ) -> None:
         self.encoders[name] = encoder
         self.task_configs[name] = copy.deepcopy(config)
         self.task_records[name] = copy.deepcopy(record)
+        private = self._own_tensors(encoder, buffers=True)
+        self.lora_parts[name] = lora_parts(encoder, private)
+        self._sizes[name] = {"parameters": sum(t.numel() for t in private.values()),
+                             "bytes": sum(t.numel() * t.element_size() for t in private.values())}  # fmt: skip
 
     def remove_task(self, name: str) -> None:
         self._check_tasks([name])
-        del self.encoders[name]
-        del self.task_configs[name]
-        del self.task_records[name]
+        if name in self.encoders:
+            del self.encoders[name]
+        for table in (self.task_configs, self.task_records, self.lora_parts, self._sources, self._sizes,
+                      self._last_used):  # fmt: skip
+            table.pop(name, None)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
-        """Each task with the size of what it adds: parameters and bytes private to its encoder."""
-        listing = {}
-        for name, encoder in self.encoders.items():
-            private = self._own_tensors(encoder, buffers=True).values()
-            listing[name] = {
-                "encoder_training": self.task_configs[name].encoder_training,
-                "parameters": sum(t.numel() for t in private),
-                "bytes": sum(t.numel() * t.element_size() for t in private),
-            }
-        return listing
+        """Each task with the size of what it adds (parameters and bytes private to its encoder) and whether its
+        encoder is in memory now."""
+        return {
+            name: {"encoder_training": config.encoder_training, **self._sizes[name], "resident": name in self.encoders}
+            for name, config in self.task_configs.items()
+        }
+
+    # -- which task encoders stay in memory -------------------------------------------------------------------
+
+    def _touch(self, names: list[str]) -> None:
+        for name in names:
+            self._last_used.pop(name, None)
+            self._last_used[name] = None
+
+    def _make_resident(self, names: list[str]) -> None:
+        """Read back, from their files, the encoders of `names` that were evicted (each is checked again)."""
+        for name in names:
+            if name not in self.encoders:
+                self._load_task(name, *self._sources[name])
+        self._touch(names)
+
+    def _evict(self, keep: set[str] = frozenset()) -> None:
+        """Drop the least recently used file-backed encoders beyond `max_resident_encoders`, never one in `keep`."""
+        if self.max_resident_encoders is None:
+            return
+        evictable = [n for n in self._last_used if n in self.encoders and n in self._sources and n not in keep]
+        resident = sum(1 for n in self.encoders if n in self._sources)
+        for name in evictable[: max(0, resident - self.max_resident_encoders)]:
+            del self.encoders[name]
+            self.lora_parts[name] = None
 
     def _copy_encoder(self, config: FrozenDecoderConfig, own: set[str], trainable: set[str]) -> nn.Module:
         """A copy of the base encoder in which only the `own` tensors (names inside the encoder) are new, set up
@@ -180,9 +269,9 @@ class MultiEncoderModel(FrozenDecoderBase):
         )
 
     def _check_tasks(self, tasks: list[str]) -> None:
-        unknown = sorted(set(tasks) - set(self.encoders))
+        unknown = sorted(set(tasks) - set(self.task_configs))
         if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}; this model serves {sorted(self.encoders)}.")
+            raise ValueError(f"Unknown task(s) {unknown}; this model serves {sorted(self.task_configs)}.")
 
     # -- joint training of one encoder per task ---------------------------------------------------------------
 
@@ -206,17 +295,15 @@ class MultiEncoderModel(FrozenDecoderBase):
         # The same trainable set as `FrozenDecoderModel`, read before the base model is frozen.
         trainable = trainable_encoder_names(base_model, module_prefix(base_model, base_model.get_encoder()), config)
         resolve_lora_targets(base_model.get_encoder(), config)
-        model = cls(base_model)
+        model = cls(base_model, decoder_dtype=config.decoder_dtype)
         for name in tasks:
             encoder = model._copy_encoder(config, trainable, trainable).train()
-            model.encoders[name] = encoder
-            model.task_configs[name] = copy.deepcopy(config)
-            model.task_records[name] = model._record_of(encoder)
+            model._register(name, encoder, config, model._record_of(encoder))
         return model
 
     def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:
         """Add the integer column `task_ids` (the Trainer batches tensors, not task names) from `task_column`."""
-        index = {name: i for i, name in enumerate(self.encoders)}
+        index = {name: i for i, name in enumerate(self.task_configs)}
         unknown = sorted(set(dataset[task_column]) - set(index))
         if unknown:
             raise ValueError(f"Unknown task(s) {unknown} in column {task_column!r}; the model has {list(index)}.")
@@ -230,7 +317,9 @@ class MultiEncoderModel(FrozenDecoderBase):
         if not self.takes_part_in_save(is_main_process):
             return
         self.verify_frozen()
-        for name, encoder in self.encoders.items():
+        for name in self.task_configs:
+            self._make_resident([name])
+            encoder = self.encoders[name]
             folder = os.path.join(save_directory, name)
             save_encoder_artifact(folder, self._own_tensors(encoder), self.task_configs[name],
                                   self.task_records[name], self.encoder_prefix, is_main_process)  # fmt: skip
@@ -248,21 +337,49 @@ class MultiEncoderModel(FrozenDecoderBase):
                 "task per example."
             )
         self._check_tasks(tasks)
+        self._make_resident(list(dict.fromkeys(tasks)))
+        try:
+            return self._encode(input_ids, attention_mask, tasks)
+        finally:
+            self._evict()
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # Plain LoRA tasks in eval mode share one pass of the base encoder (two or more of them: one alone gains
+        # nothing); every other task gets a pass through its own encoder.
+        shared = [t for t in dict.fromkeys(tasks) if self.lora_parts.get(t) and not self.encoders[t].training]
+        shared = set(shared) if len(shared) > 1 else set()
+        passes: dict[str | None, list[int]] = {}  # task (None: the shared pass) -> its rows
+        for i, task in enumerate(tasks):
+            passes.setdefault(None if task in shared else task, []).append(i)
         hidden = None
-        for task in dict.fromkeys(tasks):
-            rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=input_ids.device)
+        for task, row_list in passes.items():
+            rows = torch.tensor(row_list, device=input_ids.device)
             mask = attention_mask[rows]
-            # Trim the group to its own padding, so each example is encoded exactly as it would be alone.
+            # Trim the group to its own padding, so each example is encoded as it would be alone.
             used = mask.any(0).nonzero().flatten()
             cols = torch.arange(int(used.min()), int(used.max()) + 1, device=input_ids.device)
-            out = self.encoders[task](input_ids=input_ids[rows][:, cols], attention_mask=mask[:, cols])
-            states = out.last_hidden_state  # (b, t, d)
+            inputs = {"input_ids": input_ids[rows][:, cols], "attention_mask": mask[:, cols]}
+            if task is not None:
+                states = self.encoders[task](**inputs).last_hidden_state  # (b, t, d)
+            else:
+                states = self._shared_lora_pass(inputs, [tasks[i] for i in row_list])
             if hidden is None:
                 hidden = states.new_zeros(*input_ids.shape, states.shape[-1])
             hidden[rows.unsqueeze(1), cols.unsqueeze(0)] = states
         return hidden, attention_mask
+
+    def _shared_lora_pass(self, inputs: dict[str, torch.Tensor], tasks: list[str]) -> torch.Tensor:
+        """One base-encoder pass over rows of several plain LoRA tasks, each row group adding its own adapter."""
+        device = inputs["input_ids"].device
+        groups = [
+            (torch.tensor([i for i, t in enumerate(tasks) if t == task], device=device), self.lora_parts[task])
+            for task in dict.fromkeys(tasks)
+        ]
+        encoder = self.get_base_model().get_encoder()
+        with mixed_lora(encoder, groups):
+            return encoder(**inputs).last_hidden_state
 
     @torch.no_grad()
     def generate(
@@ -297,7 +414,7 @@ class MultiEncoderModel(FrozenDecoderBase):
     ) -> Any:
         """Scores (and the loss, given `labels`) for a mixed-task batch; tasks by name or by `task_ids`."""
         if tasks is None and task_ids is not None:
-            names = list(self.encoders)
+            names = list(self.task_configs)
             ids = task_ids.tolist() if isinstance(task_ids, torch.Tensor) else list(task_ids)
             bad = sorted({i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(names)})
             if bad:
@@ -312,3 +429,20 @@ class MultiEncoderModel(FrozenDecoderBase):
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, labels=labels,
             **kwargs,
         )  # fmt: skip
+
+
+def _tasks_decoder_dtype(tasks: dict[str, Any]) -> str | None:
+    """The one `decoder_dtype` the tasks were trained with (read from their configs alone), for the server."""
+    found = {}
+    for name, artifact in tasks.items():
+        if isinstance(artifact, FrozenDecoderModel):
+            found[name] = artifact.frozen_config.decoder_dtype
+        else:
+            found[name] = FrozenDecoderConfig.from_pretrained(artifact).decoder_dtype
+    dtypes = set(found.values())
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"The tasks were trained against decoders held in different dtypes ({found}); one model shares one "
+            "decoder. Serve each `decoder_dtype` with a MultiEncoderModel of its own."
+        )
+    return dtypes.pop() if dtypes else None

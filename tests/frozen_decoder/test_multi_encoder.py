@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoModelForSeq2SeqLM
 
 from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, MultiEncoderModel, get_frozen_model
@@ -186,3 +187,107 @@ def test_tasks_given_as_one_string_are_refused(artifacts):
     ids, mask = batch("t5")
     with pytest.raises(TypeError, match="one task name per example, got the string 'abab'"):
         server.generate(input_ids=ids[:4], attention_mask=mask[:4], tasks="abab", max_new_tokens=2)
+
+
+LORA_TASKS = {  # plain LoRA task encoders of different ranks and targets, and one that also trains embeddings
+    "lora_r4": (FrozenDecoderConfig(encoder_training="lora", lora_r=4), 0),
+    "lora_r8": (FrozenDecoderConfig(encoder_training="lora", lora_r=8, lora_alpha=32), 1),
+    "lora_other_layers": (FrozenDecoderConfig(encoder_training="lora", lora_r=4, lora_target_modules=["k", "o"]), 2),
+    "lora+embeddings": (FrozenDecoderConfig(encoder_training="lora", lora_r=4, train_encoder_embeddings=True), 3),
+}
+
+
+@pytest.fixture(scope="module")
+def lora_artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed-lora")
+    tiny_model("t5").save_pretrained(root / "base")
+    found = {}
+    for name, (config, seed) in LORA_TASKS.items():
+        model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(root / "base"), config)
+        make_trainer(model, str(root / name / "run"), max_steps=3, learning_rate=5e-2, seed=seed).train()
+        model.save_pretrained(root / name)
+        found[name] = root / name
+    return root, found
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_lora_tasks_share_one_encoder_pass_and_equal_each_task_alone(lora_artifacts, num_beams):
+    root, found = lora_artifacts
+    server = MultiEncoderModel.from_pretrained(str(root / "base"), found)
+    assert {name for name, parts in server.lora_parts.items() if parts} == {"lora_r4", "lora_r8", "lora_other_layers"}
+    passes = {"base": 0, **{name: 0 for name in found}}
+    server.get_base_model().get_encoder().register_forward_hook(
+        lambda *_: passes.__setitem__("base", passes["base"] + 1)
+    )
+    for name, encoder in server.encoders.items():
+        encoder.register_forward_hook(lambda *_, n=name: passes.__setitem__(n, passes[n] + 1))
+    ids, mask = batch("t5")
+    tasks = ["lora_r8", "lora_r4", "lora+embeddings", "lora_other_layers", "lora_r4"]
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, num_beams=num_beams, do_sample=False)
+    hidden, _ = server.encode(ids, mask, tasks)
+    assert passes == {"base": 1, "lora_r4": 0, "lora_r8": 0, "lora_other_layers": 0, "lora+embeddings": 1}
+    mixed = server.generate(input_ids=ids, attention_mask=mask, tasks=tasks, **kwargs)
+    for task in found:
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        alone = AutoFrozenModel.from_pretrained(found[task])
+        width = int(mask[rows].sum(1).max())
+        alone_ids, alone_mask = ids[rows][:, :width], mask[rows][:, :width]
+        expected = alone.generate(input_ids=alone_ids, attention_mask=alone_mask, **kwargs)
+        assert mixed[rows].tolist() == expected.tolist(), task
+        states = alone.get_base_model().get_encoder()(input_ids=alone_ids, attention_mask=alone_mask)
+        np_mask = alone_mask.bool()
+        torch.testing.assert_close(hidden[rows][:, :width][np_mask], states.last_hidden_state[np_mask], atol=1e-5,
+                                   rtol=1e-5)  # fmt: skip
+    # In training mode (LoRA dropout on, gradients per task) each task keeps a pass of its own.
+    server.encoders["lora_r4"].train()
+    passes.update(dict.fromkeys(passes, 0))
+    server.encode(ids, mask, tasks)
+    assert passes["lora_r4"] == 1 and passes["base"] == 1  # lora_r8 and lora_other_layers still share
+
+
+def test_at_most_k_encoders_stay_resident_and_evicted_ones_come_back_identical(artifacts, tmp_path):
+    root, found = artifacts
+    # Six full task encoders, each its own artifact on disk.
+    paths = {}
+    for i in range(6):  # six different learning rates: six different encoders
+        model = get_frozen_model(AutoModelForSeq2SeqLM.from_pretrained(root / "t5"), FrozenDecoderConfig())
+        make_trainer(model, str(tmp_path / "run"), max_steps=3, learning_rate=0.01 * (i + 1)).train()
+        model.save_pretrained(tmp_path / f"task{i}")
+        paths[f"task{i}"] = tmp_path / f"task{i}"
+    eager = MultiEncoderModel.from_pretrained(str(root / "t5"), paths)
+    lazy = MultiEncoderModel.from_pretrained(str(root / "t5"), paths, max_resident_encoders=2)
+    assert sorted(lazy.encoders) == ["task4", "task5"], "every artifact was read and checked, the last two kept"
+    assert [name for name, t in lazy.tasks().items() if t["resident"]] == ["task4", "task5"]
+    assert lazy.tasks()["task0"]["bytes"] == eager.tasks()["task0"]["bytes"]
+
+    ids, mask = batch("t5")
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, num_beams=3, do_sample=False)
+    hidden = eager.encode(ids[:1].repeat(6, 1), None, list(paths))[0]
+    assert all(not torch.equal(hidden[0], hidden[i]) for i in range(1, 6)), "six different encoders"
+    for tasks in (
+        ["task0"] * 5,
+        ["task1", "task0", "task1", "task0", "task1"],
+        ["task5", "task2", "task3"] + ["task0"] * 2,
+    ):
+        n = len(tasks)
+        expected = eager.generate(input_ids=ids[:n], attention_mask=mask[:n], tasks=tasks, **kwargs)
+        got = lazy.generate(input_ids=ids[:n], attention_mask=mask[:n], tasks=tasks, **kwargs)
+        assert got.tolist() == expected.tolist(), tasks
+        assert torch.equal(lazy.encode(ids[:n], mask[:n], tasks)[0], eager.encode(ids[:n], mask[:n], tasks)[0])
+        assert len(lazy.encoders) <= 2
+    # Least recently used leaves first: task0 was used last, then task3.
+    assert sorted(lazy.encoders) == ["task0", "task3"]
+    lazy.generate(input_ids=ids[:1], attention_mask=mask[:1], tasks=["task4"], **kwargs)
+    assert sorted(lazy.encoders) == ["task0", "task4"]
+    # task_ids keep their meaning whatever is resident.
+    assert lazy.add_task_ids(Dataset.from_dict({"task": ["task2"]}))["task_ids"] == [2]
+
+    # An artifact changed on disk after it was added is checked again when it is read back, and refused.
+    (paths["task1"] / "adapter_model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(ValueError):
+        lazy.generate(input_ids=ids[:1], attention_mask=mask[:1], tasks=["task1"], **kwargs)
+    assert sorted(lazy.encoders) == ["task0", "task4"], "a failed read-back leaves the served tasks as they were"
+    with pytest.raises(
+        ValueError, match=r"`max_resident_encoders` must be a positive integer or None \(keep every task\), got 0"
+    ):
+        MultiEncoderModel(tiny_model("t5"), max_resident_encoders=0)
