@@ -187,8 +187,8 @@ class FrozenDecoderGenerationPipeline(Pipeline):
         if isinstance(self.model, MultiEncoderModel):
             if task is None:
                 raise ValueError(
-                    f"This MultiEncoderModel serves the tasks {sorted(self.model.encoders)}: call the pipeline with "
-                    "`task='name'` (or build it with `task_name=`)."
+                    f"This MultiEncoderModel serves the tasks {sorted(self.model.task_configs)}: call the pipeline "
+                    "with `task='name'` (or build it with `task_name=`)."
                 )
             inputs["tasks"] = [task] * rows
         output_ids = self.model.generate(**inputs, **generate_kwargs)

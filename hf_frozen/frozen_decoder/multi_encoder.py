@@ -33,7 +33,7 @@ from .artifact import (
 from .base import FrozenDecoderBase
 from .config import FrozenDecoderConfig
 from .freezing import apply_encoder_training, check_encoder_decoder, resolve_lora_targets, trainable_encoder_names
-from .mixed_lora import LoraParts, lora_parts, mixed_lora
+from .mixed_lora import LoraAdapters, LoraParts, lora_parts, mixed_lora
 from .model import FrozenDecoderModel
 from .precision import cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
@@ -101,7 +101,10 @@ class MultiEncoderModel(FrozenDecoderBase):
                 f"{max_resident_encoders!r}."
             )
         self.max_resident_encoders = max_resident_encoders
-        self.encoders = nn.ModuleDict()  # the task encoders in memory (all of them unless `max_resident_encoders`)
+        # The task encoders in memory (all of them unless `max_resident_encoders`). A served plain LoRA task is held
+        # as its adapter alone, in `lora_adapters`: it only ever runs in the shared pass (`mixed_lora.py`).
+        self.encoders = nn.ModuleDict()
+        self.lora_adapters = nn.ModuleDict()
         # Every task, resident or not, in the order added: the registry that task names and `task_ids` refer to.
         self.task_configs: dict[str, FrozenDecoderConfig] = {}
         self.task_records: dict[str, FrozenDecoderRecord] = {}
@@ -180,27 +183,48 @@ class MultiEncoderModel(FrozenDecoderBase):
             raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
         copy_artifact_tensors(self._own_tensors(encoder), tensors, f"{source} (task {name!r})")
         # Built completely before it replaces anything: a failure leaves the served tasks as they were.
-        self._register(name, encoder, config, record)
+        self._register(name, encoder, config, record, serving=True)
         if isinstance(artifact, FrozenDecoderModel):
             self._sources.pop(name, None)  # an in-memory model cannot be read back: it stays resident
         else:
             self._sources[name] = (artifact, revision, token)
 
     def _register(
-        self, name: str, encoder: nn.Module, config: FrozenDecoderConfig, record: FrozenDecoderRecord
+        self, name: str, encoder: nn.Module, config: FrozenDecoderConfig, record: FrozenDecoderRecord, serving: bool
     ) -> None:
-        self.encoders[name] = encoder
+        """Hold `encoder` under `name`; a served plain LoRA task keeps its adapter and lets the encoder copy go."""
+        private = self._own_tensors(encoder, buffers=True)
+        parts = lora_parts(encoder, private)
+        self._drop(name)
+        if serving and parts is not None:
+            self.lora_adapters[name] = LoraAdapters(parts)
+        else:
+            self.encoders[name] = encoder
+        self.lora_parts[name] = parts
         self.task_configs[name] = copy.deepcopy(config)
         self.task_records[name] = copy.deepcopy(record)
-        private = self._own_tensors(encoder, buffers=True)
-        self.lora_parts[name] = lora_parts(encoder, private)
         self._sizes[name] = {"parameters": sum(t.numel() for t in private.values()),
                              "bytes": sum(t.numel() * t.element_size() for t in private.values())}  # fmt: skip
 
+    def _drop(self, name: str) -> None:
+        """Free a task's encoder or adapter (its config and record stay: it can be read back)."""
+        for held in (self.encoders, self.lora_adapters):
+            if name in held:
+                del held[name]
+        self.lora_parts[name] = None
+
+    def _resident(self, name: str) -> bool:
+        return name in self.encoders or name in self.lora_adapters
+
+    def _task_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What a task's artifact stores: its encoder's own tensors, or its adapter's."""
+        if name in self.lora_adapters:
+            return self.lora_adapters[name].artifact_tensors(self.encoder_prefix)
+        return self._own_tensors(self.encoders[name])
+
     def remove_task(self, name: str) -> None:
         self._check_tasks([name])
-        if name in self.encoders:
-            del self.encoders[name]
+        self._drop(name)
         for table in (self.task_configs, self.task_records, self.lora_parts, self._sources, self._sizes,
                       self._last_used):  # fmt: skip
             table.pop(name, None)
@@ -209,7 +233,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         """Each task with the size of what it adds (parameters and bytes private to its encoder) and whether its
         encoder is in memory now."""
         return {
-            name: {"encoder_training": config.encoder_training, **self._sizes[name], "resident": name in self.encoders}
+            name: {"encoder_training": config.encoder_training, **self._sizes[name], "resident": self._resident(name)}
             for name, config in self.task_configs.items()
         }
 
@@ -223,7 +247,7 @@ class MultiEncoderModel(FrozenDecoderBase):
     def _make_resident(self, names: list[str]) -> None:
         """Read back, from their files, the encoders of `names` that were evicted (each is checked again)."""
         for name in names:
-            if name not in self.encoders:
+            if not self._resident(name):
                 self._load_task(name, *self._sources[name])
         self._touch(names)
 
@@ -231,11 +255,10 @@ class MultiEncoderModel(FrozenDecoderBase):
         """Drop the least recently used file-backed encoders beyond `max_resident_encoders`, never one in `keep`."""
         if self.max_resident_encoders is None:
             return
-        evictable = [n for n in self._last_used if n in self.encoders and n in self._sources and n not in keep]
-        resident = sum(1 for n in self.encoders if n in self._sources)
+        evictable = [n for n in self._last_used if self._resident(n) and n in self._sources and n not in keep]
+        resident = sum(1 for n in self._sources if self._resident(n))
         for name in evictable[: max(0, resident - self.max_resident_encoders)]:
-            del self.encoders[name]
-            self.lora_parts[name] = None
+            self._drop(name)
 
     def _copy_encoder(self, config: FrozenDecoderConfig, own: set[str], trainable: set[str]) -> nn.Module:
         """A copy of the base encoder in which only the `own` tensors (names inside the encoder) are new, set up
@@ -298,7 +321,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         model = cls(base_model, decoder_dtype=config.decoder_dtype)
         for name in tasks:
             encoder = model._copy_encoder(config, trainable, trainable).train()
-            model._register(name, encoder, config, model._record_of(encoder))
+            model._register(name, encoder, config, model._record_of(encoder), serving=False)
         return model
 
     def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:
@@ -319,9 +342,8 @@ class MultiEncoderModel(FrozenDecoderBase):
         self.verify_frozen()
         for name in self.task_configs:
             self._make_resident([name])
-            encoder = self.encoders[name]
             folder = os.path.join(save_directory, name)
-            save_encoder_artifact(folder, self._own_tensors(encoder), self.task_configs[name],
+            save_encoder_artifact(folder, self._task_tensors(name), self.task_configs[name],
                                   self.task_records[name], self.encoder_prefix, is_main_process)  # fmt: skip
 
     # -- inference --------------------------------------------------------------------------------------------
@@ -346,10 +368,12 @@ class MultiEncoderModel(FrozenDecoderBase):
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        # Plain LoRA tasks in eval mode share one pass of the base encoder (two or more of them: one alone gains
-        # nothing); every other task gets a pass through its own encoder.
-        shared = [t for t in dict.fromkeys(tasks) if self.lora_parts.get(t) and not self.encoders[t].training]
-        shared = set(shared) if len(shared) > 1 else set()
+        # Plain LoRA tasks share one pass of the base encoder: a served one always (it holds no encoder of its own),
+        # one being trained (`for_training`) in eval mode and with another beside it (alone it gains nothing).
+        shared = {t for t in dict.fromkeys(tasks) if self.lora_parts.get(t)
+                  and (t in self.lora_adapters or not self.encoders[t].training)}  # fmt: skip
+        if len(shared) == 1 and next(iter(shared)) in self.encoders:
+            shared = set()
         passes: dict[str | None, list[int]] = {}  # task (None: the shared pass) -> its rows
         for i, task in enumerate(tasks):
             passes.setdefault(None if task in shared else task, []).append(i)

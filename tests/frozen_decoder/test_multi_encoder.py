@@ -75,7 +75,11 @@ def test_decoder_is_held_once_and_tasks_are_listed(artifacts):
     assert listing["full"]["bytes"] == 4 * listing["full"]["parameters"]
     shared = server.get_base_model().shared.weight
     assert server.encoders["full"].get_input_embeddings().weight is shared  # the same object, not a copy
-    assert server.encoders["lora"].get_input_embeddings().weight is shared
+    # A served LoRA task holds its adapter alone, no copy of the encoder: only LoRA tensors, the listed size.
+    assert "lora" not in server.encoders
+    adapter = dict(server.lora_adapters["lora"].named_parameters())
+    assert adapter and all(".lora_" in f".{n}" for n in adapter)
+    assert sum(p.numel() for p in adapter.values()) == listing["lora"]["parameters"]
     assert server.encoders["full+embeddings"].get_input_embeddings().weight is not shared
     assert all(p.data_ptr() != server.get_base_model().decoder.block[0].layer[0].SelfAttention.q.weight.data_ptr()
                for e in server.encoders.values() for p in e.parameters())  # fmt: skip
@@ -238,11 +242,36 @@ def test_lora_tasks_share_one_encoder_pass_and_equal_each_task_alone(lora_artifa
         np_mask = alone_mask.bool()
         torch.testing.assert_close(hidden[rows][:, :width][np_mask], states.last_hidden_state[np_mask], atol=1e-5,
                                    rtol=1e-5)  # fmt: skip
-    # In training mode (LoRA dropout on, gradients per task) each task keeps a pass of its own.
-    server.encoders["lora_r4"].train()
+    # Served LoRA tasks hold no encoder copy: one alone also runs in the shared pass.
+    assert sorted(server.lora_adapters) == ["lora_other_layers", "lora_r4", "lora_r8"]
     passes.update(dict.fromkeys(passes, 0))
-    server.encode(ids, mask, tasks)
-    assert passes["lora_r4"] == 1 and passes["base"] == 1  # lora_r8 and lora_other_layers still share
+    server.encode(ids[:1], mask[:1], ["lora_r4"])
+    assert passes["base"] == 1
+    # Saved again, each task is the same artifact, and loads as it did.
+    server.save_pretrained(root / "resaved")
+    for task in found:
+        again = AutoFrozenModel.from_pretrained(root / "resaved" / task, base_model=str(root / "base"))
+        original = AutoFrozenModel.from_pretrained(found[task])
+        assert again.encoder_state_dict().keys() == original.encoder_state_dict().keys()
+        assert all(torch.equal(t, original.encoder_state_dict()[k]) for k, t in again.encoder_state_dict().items())
+
+
+def test_lora_tasks_in_training_keep_a_pass_of_their_own():
+    """In training mode (LoRA dropout on, gradients per task) each `for_training` encoder runs its own pass."""
+    config = FrozenDecoderConfig(encoder_training="lora", lora_r=4)
+    model = MultiEncoderModel.for_training(tiny_model("t5"), ["a", "b"], config)
+    passes = {"base": 0, "a": 0, "b": 0}
+    model.get_base_model().get_encoder().register_forward_hook(
+        lambda *_: passes.__setitem__("base", 1 + passes["base"])
+    )
+    for name, encoder in model.encoders.items():
+        encoder.register_forward_hook(lambda *_, n=name: passes.__setitem__(n, passes[n] + 1))
+    ids, mask = batch("t5")
+    model.encode(ids[:2], mask[:2], ["a", "b"])
+    assert passes == {"base": 0, "a": 1, "b": 1}
+    model.eval()  # evaluation inside training: the two share one pass
+    model.encode(ids[:2], mask[:2], ["a", "b"])
+    assert passes == {"base": 1, "a": 1, "b": 1}
 
 
 def test_at_most_k_encoders_stay_resident_and_evicted_ones_come_back_identical(artifacts, tmp_path):

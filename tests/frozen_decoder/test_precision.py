@@ -168,3 +168,11 @@ def test_multi_encoder_serves_bf16_decoder_tasks_and_refuses_a_mix(tmp_path):
         MultiEncoderModel.from_pretrained(str(tmp_path / "base"), paths)
     with pytest.raises(ValueError, match=r"Task 'fp32'.*`decoder_dtype=None`.*Serve tasks of one `decoder_dtype`"):
         server.add_task("fp32", paths["fp32"])
+
+
+def test_a_decoder_already_partitioned_by_zero3_is_refused_by_name():
+    model = tiny_model("t5")
+    # What `zero.Init` leaves on a parameter (the real ZeRO-3 runs are in tests/test_distributed.py).
+    model.get_decoder().block[0].layer[0].SelfAttention.q.weight.ds_id = 0
+    with pytest.raises(ValueError, match=r"`decoder_dtype='bfloat16'` cannot cast a decoder that DeepSpeed ZeRO-3"):
+        get_frozen_model(model, BF16)
