@@ -65,7 +65,7 @@ test-endpoint: setup-endpoint
 LOWEST_VENV := .venv-lowest
 SMOKE := tests/test_config.py tests/frozen_decoder/test_model.py tests/frozen_decoder/test_peft_and_export.py \
 	tests/dect/test_model.py tests/dect/test_callback.py tests/test_pipelines.py tests/test_stock_script.py \
-	tests/test_save_load.py
+	tests/test_save_load.py tests/frozen_decoder/test_precision.py tests/frozen_decoder/test_multi_encoder.py
 $(LOWEST_VENV)/.installed: pyproject.toml .ci/lowest-versions.txt
 	python3 -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install -q $(TORCH)
