@@ -320,3 +320,16 @@ def test_at_most_k_encoders_stay_resident_and_evicted_ones_come_back_identical(a
         ValueError, match=r"`max_resident_encoders` must be a positive integer or None \(keep every task\), got 0"
     ):
         MultiEncoderModel(tiny_model("t5"), max_resident_encoders=0)
+
+
+def test_evicted_lora_tasks_come_back_into_the_shared_pass(lora_artifacts):
+    root, found = lora_artifacts
+    plain = {name: path for name, path in found.items() if name != "lora+embeddings"}
+    eager = MultiEncoderModel.from_pretrained(str(root / "base"), plain)
+    lazy = MultiEncoderModel.from_pretrained(str(root / "base"), plain, max_resident_encoders=1)
+    assert [name for name, t in lazy.tasks().items() if t["resident"]] == ["lora_other_layers"]
+    ids, mask = batch("t5")
+    tasks = ["lora_r8", "lora_r4", "lora_other_layers", "lora_r8", "lora_r4"]
+    torch.testing.assert_close(lazy.encode(ids, mask, tasks)[0], eager.encode(ids, mask, tasks)[0], atol=0, rtol=0)
+    # The batch held all three; afterwards the one touched last (in order of first appearance) stays.
+    assert [name for name, t in lazy.tasks().items() if t["resident"]] == ["lora_other_layers"]
