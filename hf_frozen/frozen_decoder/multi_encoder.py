@@ -10,7 +10,6 @@ task encoders instead share one pass of the base encoder, each row group adding 
 
 from __future__ import annotations
 
-import collections
 import copy
 import os
 import re
@@ -37,6 +36,7 @@ from .mixed_lora import LoraAdapters, LoraParts, lora_parts, mixed_lora
 from .model import FrozenDecoderModel
 from .precision import cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
+from .residency import LeastRecentlyUsed
 from .sides import module_prefix
 
 _TASK_NAME = re.compile(r"[\w+=@][\w+=@-]*")
@@ -92,15 +92,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         # Task encoders are deep copies of the base encoder and carry these hooks along (deepcopy keeps the hook
         # functions), so every one of them hands the decoder its own dtype.
         self._boundary_casts = install_boundary_casts(base_model, self.encoder_prefix) if decoder_dtype else []
-        if max_resident_encoders is not None and (
-            isinstance(max_resident_encoders, bool) or not isinstance(max_resident_encoders, int)
-            or max_resident_encoders < 1
-        ):  # fmt: skip
-            raise ValueError(
-                f"`max_resident_encoders` must be a positive integer or None (keep every task), got "
-                f"{max_resident_encoders!r}."
-            )
-        self.max_resident_encoders = max_resident_encoders
+        self._residency = LeastRecentlyUsed(max_resident_encoders)  # validates it
         # The task encoders in memory (all of them unless `max_resident_encoders`). A served plain LoRA task is held
         # as its adapter alone, in `lora_adapters`: it only ever runs in the shared pass (`mixed_lora.py`).
         self.encoders = nn.ModuleDict()
@@ -111,7 +103,10 @@ class MultiEncoderModel(FrozenDecoderBase):
         self.lora_parts: dict[str, LoraParts | None] = {}  # per task: its LoRA pairs, if it can share a pass
         self._sources: dict[str, tuple[Any, str | None, str | bool | None]] = {}  # task -> (artifact, revision, token)
         self._sizes: dict[str, dict[str, int]] = {}
-        self._last_used: collections.OrderedDict[str, None] = collections.OrderedDict()  # oldest first
+
+    @property
+    def max_resident_encoders(self) -> int | None:
+        return self._residency.capacity
 
     @classmethod
     def from_pretrained(
@@ -155,7 +150,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         if name in self.task_configs and not replace:
             raise ValueError(f"Task {name!r} already exists: pass `replace=True` to swap its encoder.")
         self._load_task(name, artifact, revision, token)
-        self._touch([name])
+        self._residency.touch([name])
         self._evict(keep={name})
 
     def _load_task(self, name: str, artifact: Any, revision: str | None, token: str | bool | None) -> None:
@@ -225,9 +220,9 @@ class MultiEncoderModel(FrozenDecoderBase):
     def remove_task(self, name: str) -> None:
         self._check_tasks([name])
         self._drop(name)
-        for table in (self.task_configs, self.task_records, self.lora_parts, self._sources, self._sizes,
-                      self._last_used):  # fmt: skip
+        for table in (self.task_configs, self.task_records, self.lora_parts, self._sources, self._sizes):
             table.pop(name, None)
+        self._residency.forget(name)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Each task with the size of what it adds (parameters and bytes private to its encoder) and whether its
@@ -239,25 +234,16 @@ class MultiEncoderModel(FrozenDecoderBase):
 
     # -- which task encoders stay in memory -------------------------------------------------------------------
 
-    def _touch(self, names: list[str]) -> None:
-        for name in names:
-            self._last_used.pop(name, None)
-            self._last_used[name] = None
-
     def _make_resident(self, names: list[str]) -> None:
         """Read back, from their files, the encoders of `names` that were evicted (each is checked again)."""
         for name in names:
             if not self._resident(name):
                 self._load_task(name, *self._sources[name])
-        self._touch(names)
+        self._residency.touch(names)
 
     def _evict(self, keep: set[str] = frozenset()) -> None:
         """Drop the least recently used file-backed encoders beyond `max_resident_encoders`, never one in `keep`."""
-        if self.max_resident_encoders is None:
-            return
-        evictable = [n for n in self._last_used if self._resident(n) and n in self._sources and n not in keep]
-        resident = sum(1 for n in self._sources if self._resident(n))
-        for name in evictable[: max(0, resident - self.max_resident_encoders)]:
+        for name in self._residency.to_evict({n for n in self._sources if self._resident(n)}, keep):
             self._drop(name)
 
     def _copy_encoder(self, config: FrozenDecoderConfig, own: set[str], trainable: set[str]) -> nn.Module:
