@@ -39,7 +39,7 @@ from .freezing import (
     resolve_lora_targets,
     trainable_encoder_names,
 )
-from .precision import cast_decoder_side, install_boundary_casts
+from .precision import back_to_one_dtype, cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
 from .sides import module_prefix, split_sides
 
@@ -283,13 +283,7 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
                     parent_name, _, child = name.rpartition(".")
                     setattr(encoder.get_submodule(parent_name), child, module.get_base_layer())
             if self.frozen_config.decoder_dtype is not None:
-                for handle in self._boundary_casts:
-                    handle.remove()
-                sides = split_sides(base, self.encoder_prefix)
-                dtype = next(t.dtype for t in sides.encoder.values() if t.is_floating_point())
-                for tensor in sides.decoder.values():
-                    if tensor.is_floating_point():
-                        tensor.data = tensor.data.to(dtype)
+                back_to_one_dtype(base, self.encoder_prefix, self._boundary_casts)
         del base._hf_frozen_adapter
         return base
 

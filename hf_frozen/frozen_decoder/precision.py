@@ -46,8 +46,22 @@ def cast_decoder_side(model: PreTrainedModel, encoder_prefix: str, dtype_name: s
             "(the model was loaded under `zero.Init`, as a script that builds its TrainingArguments first does). "
             "Use ZeRO-2 or DDP, or set `decoder_dtype` to None."
         )
+    _cast_in_place(decoder, dtype)
+
+
+def back_to_one_dtype(model: PreTrainedModel, encoder_prefix: str, handles: list[Any]) -> None:
+    """Undo the split for a plain export: remove the boundary hooks and cast the decoder side to the encoder's
+    dtype (exact: every bf16/fp16 value is an fp32 one), since a plain model runs in one dtype."""
+    for handle in handles:
+        handle.remove()
+    sides = split_sides(model, encoder_prefix)
+    dtype = _first_floating(sides.encoder.values(), "encoder").dtype
+    _cast_in_place([t for t in sides.decoder.values() if t.is_floating_point()], dtype)
+
+
+def _cast_in_place(tensors: list[torch.Tensor], dtype: torch.dtype) -> None:
     with torch.no_grad():
-        for tensor in decoder:
+        for tensor in tensors:
             if tensor.dtype != dtype:
                 tensor.data = tensor.data.to(dtype)  # `.data`: the Parameter object, and so every tie, is kept
 
