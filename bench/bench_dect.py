@@ -161,7 +161,7 @@ def run_backbone_dataset(backbone_name: str, dataset_name: str, seeds: int) -> d
             "probe": mean_std(rows["probe"]),
             "dect_seconds": mean_std(rows["dect_seconds"]),
             "probe_seconds": mean_std(rows["probe_seconds"]),
-            "dect_queries": 2 * k + (1 if test_scores is not None else 0),
+            "dect_queries": len(samples[(k, 0)]) + (1 if test_scores is not None else 0),
             "selected_weight_and_steps": rows["choice"],
             "per_seed": {"dect": rows["dect"], "probe": rows["probe"]},
         }
@@ -256,11 +256,11 @@ def run_prompt_tuning(seeds: int, epochs: int) -> dict[str, Any]:
 
 def choice_label(record) -> str:
     """A seed's cross-validated choice, short: "prompt", prototype weight x steps ("3.0x10"), or linear weight
-    and C ("lin 1.0/C0.1")."""
+    and C ("lin 1.0/C0.1", "lin 1.0/C0.1g" with the global feature scaling)."""
     if record.zero_shot_weight == PROMPT_ONLY:
         return "prompt"
     if record.head_type == "linear":
-        return f"lin {record.zero_shot_weight}/C{record.regularization}"
+        return f"lin {record.zero_shot_weight}/C{record.regularization}{'g' if record.scaling == 'global' else ''}"
     return f"{record.zero_shot_weight}x{record.steps}"
 
 

@@ -43,8 +43,9 @@ class DecTConfig(FrozenAdapterConfig):
         head (`str`, defaults to `"auto"`): the head `fit` trains: `"prototype"` (the paper's prototype
             decoder), `"linear"` (a regularised logistic regression on the standardised hidden states, the prompt's
             scores as an offset), or `"auto"`: whichever cross-validation on the training cache prefers.
-        regularization_candidates (`list[float]`, defaults to `[0.1, 1.0, 10.0]`): the linear head's inverse L2
-            strengths C (scikit-learn's convention) that cross-validation chooses among.
+        regularization_candidates (`list[float]`, defaults to `[0.001, 0.01, 0.1, 1.0, 10.0]`): the linear head's
+            inverse L2 strengths C (scikit-learn's convention) that cross-validation chooses among, each with both
+            feature scalings (per dimension, and one scale for all dimensions).
         projection_dim (`int`, defaults to `128`): size of the prototype space.
         steps (`int`, *optional*): full-batch Adam steps. Unset (the default) picks them by cross-validation on
             the training cache among `steps_candidates`, together with the zero-shot weight: fewer steps keep the
@@ -126,7 +127,7 @@ class DecTConfig(FrozenAdapterConfig):
         metadata={"help": "The head fit trains: the paper's prototype decoder, a linear head, or auto (by CV)."},
     )
     regularization_candidates: list[float] = dataclasses.field(
-        default_factory=lambda: [0.1, 1.0, 10.0],
+        default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0],
         metadata={"help": "Inverse L2 strengths C of the linear head that cross-validation chooses among."},
     )
     projection_dim: int = dataclasses.field(default=128, metadata={"help": "Size of the prototype space."})

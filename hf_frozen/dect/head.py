@@ -13,9 +13,10 @@ training cache's statistics before the projection (`DecTHead.fit_statistics`), a
 steps are chosen by cross-validation on the training cache (`selection.py`) instead of fixed.
 
 The linear head (`LinearHead`): s_c(x) = w_c . std(h) + b_c + lambda * z_c, an L2-regularised logistic
-regression on the standardised hidden states with the prompt's scores as a fixed offset, trained to convergence
-by L-BFGS (`fit_linear_head`). With lambda = 0 it is the linear probe a user would fit with scikit-learn on the
-same cache; with lambda > 0 it corrects the prompt instead of replacing it.
+regression on the centred and scaled hidden states (per dimension, or by one scale for all: `FEATURE_SCALINGS`)
+with the prompt's scores as a fixed offset, trained to convergence by L-BFGS (`fit_linear_head`). With lambda = 0
+it is the linear probe a user would fit with scikit-learn on the same cache; with lambda > 0 it corrects the
+prompt instead of replacing it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def wants_standardization(hidden_states: torch.Tensor, setting: bool | None) -> 
 def shrunk_scale(variance: torch.Tensor) -> torch.Tensor:
     """Per-dimension scale sqrt(var_d + median(var)) over the last dimension (see `DecTHead.fit_statistics`)."""
     return (variance + variance.median(dim=-1, keepdim=True).values).sqrt().clamp_min(1e-6)
+
+
+# How the linear head scales the centred hidden states before its L2 penalty. "per_dimension" (the shrunk scale
+# of `DecTHead.fit_statistics`) treats every dimension alike; "global" divides all of them by one number, the
+# root mean variance, so that dimensions that vary more cost less to use, as in a probe fitted on the raw
+# features, while C keeps one meaning whatever the backbone's scale. Measured on pool dev splits
+# (bench/choose_dect_defaults.py), MiniLM's probe on raw features beat every per-dimension C on 64-shot election
+# tweets and 16-shot `text_sources`.
+FEATURE_SCALINGS = ("per_dimension", "global")
+
+
+def feature_statistics(hidden_states: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, scale) of `hidden_states` (..., N, d) over N: per dimension, or one for all (`FEATURE_SCALINGS`)."""
+    mean = hidden_states.mean(-2)
+    variance = hidden_states.var(-2, unbiased=False)
+    if scaling == "per_dimension":
+        return mean, shrunk_scale(variance)
+    return mean, variance.mean(-1, keepdim=True).sqrt().clamp_min(1e-6).expand_as(variance).contiguous()
 
 
 @dataclass
@@ -190,11 +209,18 @@ class LinearHead(nn.Module):
         num_classes (`int`): number of classes.
         regularization (`float`, defaults to `1.0`): inverse L2 strength C, as scikit-learn's
             `LogisticRegression(C=...)`: the loss is the summed cross-entropy plus ||W||^2 / (2C).
+        scaling (`str`, defaults to `"per_dimension"`): how the centred features are scaled before the penalty,
+            one of `FEATURE_SCALINGS`.
     """
 
-    def __init__(self, hidden_size: int, num_classes: int, regularization: float = 1.0) -> None:
+    def __init__(
+        self, hidden_size: int, num_classes: int, regularization: float = 1.0, scaling: str = "per_dimension"
+    ) -> None:
         super().__init__()
+        if scaling not in FEATURE_SCALINGS:
+            raise ValueError(f"`scaling` must be one of {FEATURE_SCALINGS}, got {scaling!r}.")
         self.kind = "linear"
+        self.scaling = scaling
         self.classifier = nn.Linear(hidden_size, num_classes)
         with torch.no_grad():  # the zero head: before fitting it predicts the prompt (or uniform) alone
             self.classifier.weight.zero_()
@@ -206,11 +232,10 @@ class LinearHead(nn.Module):
 
     @torch.no_grad()
     def fit_statistics(self, hidden_states: torch.Tensor) -> None:
-        """Standardise every dimension (the shrunk scale of `DecTHead.fit_statistics`): the L2 penalty then
-        treats all dimensions alike, whatever their raw scale."""
-        hidden_states = hidden_states.float()
-        self.feature_mean.copy_(hidden_states.mean(0))
-        self.feature_scale.copy_(shrunk_scale(hidden_states.var(0, unbiased=False)))
+        """Centre h, then scale it as `scaling` says (see `feature_scale`)."""
+        mean, scale = feature_statistics(hidden_states.float(), self.scaling)
+        self.feature_mean.copy_(mean)
+        self.feature_scale.copy_(scale)
 
     def standardized(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """h with the fitted statistics applied: what the classifier reads."""

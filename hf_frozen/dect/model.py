@@ -152,7 +152,8 @@ class DecTModel(CachedQueries, HubMixin):
             hidden_size = self.record.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
         c = self.config
         if (head_type or self.record.head_type) == "linear":
-            return LinearHead(hidden_size, c.num_classes, self.record.regularization or 1.0)
+            return LinearHead(hidden_size, c.num_classes, self.record.regularization or 1.0,
+                              self.record.scaling or "per_dimension")  # fmt: skip
         return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.head_seed, standardize=c.standardize_hidden)
 
     def choose_head(self, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
@@ -164,7 +165,7 @@ class DecTModel(CachedQueries, HubMixin):
         self.cv_results, self.cv_choice = choice.cv_results, choice.name
         r = self.record
         r.hidden_size, r.calibrate, r.zero_shot_weight = hidden.shape[1], choice.calibrate, choice.zero_shot_weight
-        r.head_type, r.regularization = choice.head_type, choice.regularization
+        r.head_type, r.regularization, r.scaling = choice.head_type, choice.regularization, choice.scaling
         r.steps = choice.steps if choice.head_type == "prototype" else 0  # the linear head is solved, not stepped
 
     def prepare_head(self, head: DecTHead, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,

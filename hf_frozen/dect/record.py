@@ -24,6 +24,8 @@ class DecTRecord(AdapterRecord):
             label-word scores).
         head_type (`str`, *optional*): `"prototype"` or `"linear"`; unset in heads written before 0.2 (prototype).
         regularization (`float`, *optional*): the linear head's inverse L2 strength C.
+        scaling (`str`, *optional*): the linear head's feature scaling (`head.FEATURE_SCALINGS`); unset (read as
+            `"per_dimension"`) in heads written before it was recorded.
         endpoint (`dict`, *optional*): for an endpoint backbone, its URL, model and scoring settings, and the name of
             the environment variable holding its API key (never the key).
     """
@@ -46,4 +48,5 @@ class DecTRecord(AdapterRecord):
     calibrate: bool | None = None
     head_type: str | None = None
     regularization: float | None = None
+    scaling: str | None = None
     endpoint: dict | None = None

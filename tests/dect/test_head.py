@@ -66,3 +66,46 @@ def test_linear_head_is_chosen_saved_and_loaded(tmp_path):
     assert isinstance(loaded.head, LinearHead) and loaded.record.head_type == "linear"
     saved = dect.head.state_dict()
     assert all(torch.equal(tensor, saved[name]) for name, tensor in loaded.head.state_dict().items())
+
+
+def test_global_scaling_keeps_the_dimensions_relative_sizes():
+    from sklearn.linear_model import LogisticRegression
+
+    from hf_frozen.dect.head import LinearHead, fit_linear_head
+
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(60) % 3
+    hidden = torch.randn(60, 6, generator=generator) * torch.tensor([5.0, 1, 1, 1, 1, 0.1])
+    hidden[:, 0] += 4 * labels  # the informative dimension is also the widest
+    head = LinearHead(6, 3, regularization=0.2, scaling="global")
+    fit_linear_head(head, hidden, None, labels)
+    assert torch.equal(head.feature_scale, head.feature_scale[0].expand(6)), "one scale for every dimension"
+    torch.testing.assert_close(head.feature_scale[0], hidden.var(0, unbiased=False).mean().sqrt())
+    scaled = ((hidden - head.feature_mean) / head.feature_scale).numpy()
+    reference = LogisticRegression(C=0.2, tol=1e-8, max_iter=5000).fit(scaled, labels.numpy())
+    with torch.no_grad():
+        probabilities = head(hidden).logits.softmax(-1).numpy()
+    assert abs(probabilities - reference.predict_proba(scaled)).max() < 1e-3
+
+
+def test_linear_head_scaling_is_recorded_and_loaded(tmp_path):
+    import pytest
+
+    from hf_frozen import AutoFrozenModel
+    from hf_frozen.dect.head import LinearHead
+
+    with pytest.raises(ValueError, match="scaling"):
+        LinearHead(4, 2, scaling="per_class")
+    dect = make("callable", head="linear", regularization_candidates=[1.0])
+    dect.fit(sentiment(32))
+    assert dect.record.scaling in ("per_dimension", "global")
+    assert {name.rsplit(", ", 1)[-1] for name in dect.cv_results if name.startswith("linear")} == {
+        "per_dimension scaling",
+        "global scaling",
+    }, "both scalings are cross-validated"
+    dect.save_pretrained(tmp_path / "head")
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "head", base_model=dect.backbone.fn)
+    assert loaded.head.scaling == dect.record.scaling == loaded.record.scaling
+    hidden, scores, _ = dect.features(sentiment(20, seed=5))  # the stand-in API's answers are random per call
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.head(hidden, scores).logits, dect.head(hidden, scores).logits)
