@@ -33,14 +33,15 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     script = (
         "import json, sys; from hf_frozen import AutoFrozenModel;"
         f"m = AutoFrozenModel.from_pretrained({str(tmp_path / 'head')!r}); m.show_progress = False;"
-        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, m.record.steps]))"
+        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, json.loads(m.record.to_json_string())]))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    scores, queries, steps = json.loads(done.stdout.strip().splitlines()[-1])
+    scores, queries, record = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     assert queries == 10, "the saved calibration needs no new empty-input query"
-    assert steps == dect.record.steps in (10, 30), "the recorded choice survives the round trip"
+    choice = ("head_type", "zero_shot_weight", "steps", "calibrate", "regularization", "scaling")
+    assert {k: record[k] for k in choice} == {k: getattr(dect.record, k) for k in choice}, "the choice survives"
 
 
 def test_load_refuses_another_backbone_and_needs_the_callable(tmp_path):
