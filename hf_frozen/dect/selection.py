@@ -161,9 +161,9 @@ def cross_validate_head(
     """Pick a candidate on the training cache: held-out cross-entropy, then `pick_candidate`'s rule.
 
     Every candidate is scored by the cross-entropy of its predictions on held-out stratified folds, example by
-    example, after one temperature per candidate fitted on all its out-of-fold scores: the prompt alone (with `scores` and `include_prompt`), the prototype heads (trained together, see
-    `train_heads_together`) and the linear heads (all folds and settings in one L-BFGS run,
-    `cross_validate_linear`).
+    example, after one temperature per candidate fitted on all its out-of-fold scores: the prompt alone (with
+    `scores` and `include_prompt`), the prototype heads (trained together, see `train_heads_together`) and the
+    linear heads (all folds and settings in one L-BFGS run, `cross_validate_linear`).
 
     With fewer than 2 examples in some class no fold can be held out: the prompt alone is kept, or, without
     the prompt, the first prototype head with the most steps (the linear head, where it is the only type).

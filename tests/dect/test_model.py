@@ -33,7 +33,8 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     script = (
         "import json, sys; from hf_frozen import AutoFrozenModel;"
         f"m = AutoFrozenModel.from_pretrained({str(tmp_path / 'head')!r}); m.show_progress = False;"
-        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, json.loads(m.record.to_json_string())]))"
+        f"record = json.loads(m.record.to_json_string());"
+        f"print(json.dumps([m.decision_scores({test!r}).tolist(), m.num_queries, record]))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
