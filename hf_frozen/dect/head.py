@@ -14,7 +14,7 @@ steps are chosen by cross-validation on the training cache (`selection.py`) inst
 
 The linear head (`LinearHead`): s_c(x) = w_c . std(h) + b_c + lambda * z_c, an L2-regularised logistic
 regression on the centred and scaled hidden states (per dimension, or by one scale for all: `FEATURE_SCALINGS`)
-with the prompt's scores as a fixed offset, trained to convergence by L-BFGS (`fit_linear_head`). With lambda = 0
+with the prompt's scores as a fixed offset, trained to its minimum (`fit_linear_head`, `logistic.py`). With lambda = 0
 it is the linear probe a user would fit with scikit-learn on the same cache; with lambda > 0 it corrects the
 prompt instead of replacing it.
 """
@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers.utils import ModelOutput
+
+from .logistic import solve_logistic
 
 # `standardize=None` standardises h when its largest per-dimension RMS exceeds this many times the median one.
 # Measured on the bench's training caches: SmolLM2 21.9 to 25.2, MiniLM 1.7 to 2.5.
@@ -250,61 +252,14 @@ class LinearHead(nn.Module):
                            zero_shot_scores, labels)  # fmt: skip
 
 
-def fit_linear_head(
-    head: LinearHead,
-    hidden: torch.Tensor,
-    scores: torch.Tensor | None,
-    labels: torch.Tensor,
-    max_iterations: int = 200,
-) -> None:
-    """Fit the statistics, then W and b to the minimum of the regularised loss (L-BFGS, deterministic)."""
+def fit_linear_head(head: LinearHead, hidden: torch.Tensor, scores: torch.Tensor | None, labels: torch.Tensor) -> None:
+    """Fit the statistics, then W and b to the minimum of the regularised loss (`logistic.solve_logistic`)."""
     head.fit_statistics(hidden)
     standardized = head.standardized(hidden)
     offset = 0.0 if scores is None else head.zero_shot_weight * scores.float()
     weight, bias = solve_logistic(standardized, offset, labels, head.classifier.out_features,
-                                  float(head.regularization), max_iterations=max_iterations)  # fmt: skip
+                                  float(head.regularization))  # fmt: skip
     with torch.no_grad():
         head.classifier.weight.copy_(weight.T)
         head.classifier.bias.copy_(bias)
     head.eval()
-
-
-def solve_logistic(
-    features: torch.Tensor,
-    offset: torch.Tensor | float,
-    labels: torch.Tensor,
-    num_classes: int,
-    regularization: float | torch.Tensor,
-    in_training: torch.Tensor | None = None,
-    max_iterations: int = 200,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmin over (W, b) of sum_i CE(x_i W + b + offset_i, y_i) + ||W||^2 / (2 C): multinomial logistic
-    regression with an offset, by L-BFGS from zero.
-
-    `features` (N, d) gives one problem; (M, N, d) gives M independent ones (with `offset` (M, N, C) or a number,
-    `regularization` (M,) and `in_training` (M, N), the rows each problem fits), solved together: their losses
-    are summed, so the joint minimum is every problem's own, in one L-BFGS run instead of M.
-    Returns W (d, C) and b (C,), or (M, d, C) and (M, C).
-    """
-    single = features.dim() == 2
-    features = features.float().unsqueeze(0) if single else features.float()
-    m, n, d = features.shape
-    mask = torch.ones(m, n) if in_training is None else in_training.float()
-    strength = torch.as_tensor(regularization, dtype=torch.float32).expand(m)
-    weight = torch.zeros(m, d, num_classes, requires_grad=True)
-    bias = torch.zeros(m, num_classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iterations, line_search_fn="strong_wolfe")
-    targets = labels.expand(m, -1)
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = torch.bmm(features, weight) + bias.unsqueeze(1) + offset  # (M, N, C)
-        per_example = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (M, N)
-        loss = (per_example * mask).sum() + (weight.square().sum((1, 2)) / (2 * strength)).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    weight, bias = weight.detach(), bias.detach()
-    return (weight[0], bias[0]) if single else (weight, bias)

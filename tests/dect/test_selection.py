@@ -113,6 +113,29 @@ def test_heads_trained_together_match_heads_trained_alone(standardize):
                 torch.testing.assert_close(together[steps][m], head(hidden, scores).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_linear_cross_validation_fits_what_the_final_fit_fits():
+    """Each fold's linear candidates, solved together, are the heads `fit_linear_head` fits on that fold alone:
+    cross-validation scores the very head DecT would keep."""
+    from hf_frozen.dect.head import LinearHead, fit_linear_head
+    from hf_frozen.dect.selection import Grid, cross_validate_linear
+
+    torch.manual_seed(0)
+    n, d, c = 36, 50, 3
+    hidden = torch.randn(n, d) * torch.linspace(0.1, 20, d)
+    scores, labels = torch.randn(n, c), torch.arange(n) % c
+    fold_of = torch.arange(n) // 12  # three folds of 12 consecutive examples, 4 per class
+    folds = [((fold_of != f).nonzero().squeeze(1), (fold_of == f).nonzero().squeeze(1)) for f in range(3)]
+    choices = [choice for choice in Grid([0.0, 1.0], [], [0.01, 1.0]).candidates(prompt=False)]
+    logits = cross_validate_linear(hidden, scores, labels, folds, choices).view(3, len(choices), n, c)
+    for f, (train_idx, _) in enumerate(folds):
+        for position, choice in enumerate(choices):
+            head = LinearHead(d, c, choice.regularization, choice.scaling)
+            head.zero_shot_weight.fill_(choice.weight)
+            fit_linear_head(head, hidden[train_idx], scores[train_idx], labels[train_idx])
+            with torch.no_grad():
+                torch.testing.assert_close(logits[f, position], head(hidden, scores).logits, atol=0.02, rtol=0)
+
+
 class ManyClassAPI:
     """Six classes: hidden states around a class centre (a probe separates them well), label-word scores that
     name the right class 40% of the time. Deterministic per text, so train and test queries agree."""
