@@ -89,6 +89,30 @@ def test_fixed_weight_steps_and_one_shot():
     assert one_shot.record.zero_shot_weight == PROMPT_ONLY
 
 
+def test_one_shot_calibrates_on_a_clear_gain_and_drops_a_prompt_wrong_on_the_shots():
+    # Every input leans to "positive" as the empty one does. On two examples the calibrated prompt's gain (about
+    # 0.5 nats) is within a standard error of zero, but above `CALIBRATION_GAIN`: calibrated, the prompt is kept.
+    dect = get_frozen_model(LeaningPrompt(lean=[0.0, 3.0], empty=[0.0, 3.0]), DecTConfig(template=TEMPLATE,
+                            label_words=WORDS), backbone_name="all-lean")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(2))
+    assert dect.record.calibrate is True and dect.record.zero_shot_weight == PROMPT_ONLY
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] == 1.0
+
+    class ReversedPrompt(ClusterAPI):  # hidden states that separate the classes, label words that name the other
+        def __call__(self, prompts, label_words):
+            hidden, _ = super().__call__(prompts, label_words)
+            positive = np.array([any(w in p.split() for w in tiny_dect.POSITIVE) for p in prompts])
+            return hidden, np.stack([positive, ~positive], 1).astype(float) * 4
+
+    dect = get_frozen_model(ReversedPrompt(), DecTConfig(template=TEMPLATE, label_words=WORDS, calibrate=False),
+                            backbone_name="reversed")  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(2))  # the prompt gets neither example right: the head, without the prompt, is trained
+    assert dect.record.head_type == "prototype" and dect.record.zero_shot_weight == 0.0 and dect.record.steps == 30
+    assert dect.evaluate(sentiment(100, seed=2))["accuracy"] > 0.9
+
+
 @pytest.mark.parametrize("standardize", [True, False])
 def test_heads_trained_together_match_heads_trained_alone(standardize):
     """Cross-validation trains its (fold, weight) heads in one batch: the same heads as one at a time."""
