@@ -106,7 +106,11 @@ def base(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+# The CPU-offload engines are the slowest (about 140 s of the default run's 13 minutes): a CI step of their own,
+# `make test-offload`, runs them.
+@pytest.mark.parametrize(
+    "engine", [pytest.param(e, marks=pytest.mark.offload) if e.endswith("_offload") else e for e in ENGINES]
+)
 def test_frozen_decoder_two_processes(engine, base, tmp_path):
     reports, log = run(engine, tmp_path / "run", base)
     sharded = engine != "ddp"
