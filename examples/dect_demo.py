@@ -64,7 +64,7 @@ def explain(dect) -> str:
     """What cross-validation on the training examples chose, in words."""
     r = dect.record
     if r.zero_shot_weight == "prompt_only":
-        return "the prompt alone (no trained head beat it clearly)"
+        return "the prompt alone (no trained head did better on the held-out training examples)"
     if r.head_type == "linear":
         how = "a linear head on the model's hidden states (a regularised logistic regression"
         how += f", C={r.regularization})"

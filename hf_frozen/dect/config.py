@@ -59,7 +59,8 @@ class DecTConfig(FrozenAdapterConfig):
         zero_shot_weight_candidates (`list[float]`): the weights cross-validation chooses among.
         calibrate (`bool`, *optional*): subtract the label-word log-probabilities of an empty input (`True`), or
             not (`False`). Unset (the default): only when the calibrated prompt alone is clearly better on the
-            training cache (by more than one standard error of the per-example cross-entropy).
+            training cache (by more than one standard error of the per-example cross-entropy, or by more than
+            0.1 nats per example on average, `selection.CALIBRATION_GAIN`).
         standardize_hidden (`bool`, *optional*): standardise `h` per dimension with the training cache's
             statistics before the projection. Unset (the default): only when a few dimensions dominate `h` (the
             largest per-dimension root mean square over 8 times the median), as in decoder LMs' massive

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_frozen import DecTConfig, get_frozen_model
-from hf_frozen.dect.selection import PROMPT_ONLY
+from hf_frozen.dect.selection import PROMPT_ONLY, Candidate, pick_candidate
 
 from .. import tiny_dect
 from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, make, sentiment
@@ -53,6 +53,16 @@ class LeaningPrompt(ClusterAPI):
         is_empty = np.array([p.split() == ["review", ":", ".", "sentiment", ":"] for p in prompts])
         scores[is_empty] = self.empty
         return self.rng.normal(size=hidden.shape), scores
+
+
+def test_pick_candidate_keeps_the_lowest_held_out_loss_and_the_prompt_on_a_tie():
+    prompt, head, other = Candidate("prompt"), Candidate("prototype", 1.0, 10), Candidate("linear", 0.0, None, 1.0)
+    choices = [prompt, head, other]
+    per_example = {prompt: [0.5, 0.5, 0.5], head: [0.1, 0.9, 0.4], other: [0.2, 0.2, 1.2]}  # means 0.5, 0.47, 0.53
+    losses = {c: torch.tensor(v) for c, v in per_example.items()}
+    assert pick_candidate(choices, losses) == head
+    losses[head] = torch.tensor([0.5, 0.5, 0.5])  # a tie: the simplest, listed first
+    assert pick_candidate(choices, losses) == prompt
 
 
 def test_calibration_is_used_only_when_it_clearly_helps():
