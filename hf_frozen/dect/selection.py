@@ -243,7 +243,7 @@ def cross_validate_head(
     for c in choices:
         logits = held_out[c].reshape(-1, num_classes)
         logits = fit_temperature(logits, repeated_labels) * logits
-        # Per example, the mean over the repeats: the paired comparisons of `pick_candidate` stay per example.
+        # Per example, the mean over the repeats (`pick_candidate` compares the means of these).
         losses[c] = F.cross_entropy(logits, repeated_labels, reduction="none").view(repeats, -1).mean(0)
         correct[c] = (logits.argmax(1) == repeated_labels).float().view(repeats, -1).mean(0)
     chosen = pick_candidate(choices, losses)
