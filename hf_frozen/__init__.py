@@ -9,6 +9,7 @@ _EXPORTS = {
     "AutoFrozenModel": ".auto",
     "get_frozen_model": ".auto",
     "FrozenAdapterConfig": ".config",
+    "ArtifactError": ".errors",
     "DecTCallback": ".dect",
     "DecTCollator": ".dect",
     "DecTConfig": ".dect",
@@ -29,6 +30,7 @@ _EXPORTS = {
 }
 __all__ = [
     "__version__",
+    "ArtifactError",
     "AutoFrozenModel",
     "DecTCallback",
     "DecTClassificationPipeline",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .auto import AutoFrozenModel, get_frozen_model
     from .config import FrozenAdapterConfig
     from .dect import DecTCallback, DecTCollator, DecTConfig, DecTHead, DecTModel, Endpoint
+    from .errors import ArtifactError
     from .frozen_decoder import FrozenDecoderCallback, FrozenDecoderConfig, FrozenDecoderModel, MultiEncoderModel
     from .mixing import mix_tasks, task_probabilities
     from .pipelines import DecTClassificationPipeline, FrozenDecoderGenerationPipeline, pipeline

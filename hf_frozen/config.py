@@ -19,16 +19,19 @@ import functools
 import json
 import math
 import os
+import re
+import typing
 from typing import Any, ClassVar, TypeVar
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from ._version import __version__
+from .errors import ArtifactError
 from .utils.hub import resolve_file
 from .utils.io import (
     atomic_write_text,
     finish_interrupted_save,
-    load_tensors,
+    read_tensors,
     sha256_file,
     tensor_writer,
     write_files_together,
@@ -72,10 +75,52 @@ class AdapterRecord:
         atomic_write_text(os.path.join(save_directory, RECORD_NAME), self.to_json_string())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdapterRecord:
-        """Keep the known fields; a record written by a newer hf-frozen may carry more, which this one ignores."""
+    def from_dict(cls, data: dict[str, Any], source: str = "the given dict") -> AdapterRecord:
+        """Keep the known fields; a record written by a newer hf-frozen may carry more, which this one ignores.
+
+        Each known field must have its declared type (and pass `check`): a record read from a file may be damaged
+        or crafted, and is refused with an `ArtifactError` naming `source` rather than used.
+        """
+        types = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        for name, value in data.items():
+            if name in known and not _has_type(value, types[name]):
+                raise ArtifactError(
+                    f"{source} is damaged: its field `{name}` must be {_describe(types[name])}, got {value!r:.80}. "
+                    "Save the artifact again, or download it again."
+                )
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        problem = record.check()
+        if problem:
+            raise ArtifactError(f"{source} is damaged: {problem}. Save the artifact again, or download it again.")
+        return record
+
+    def check(self) -> str | None:
+        """What is wrong with the values of a record read from a file (each field has its type already), or None."""
+        if self.weights_sha256 is not None and not re.fullmatch("[0-9a-f]{64}", self.weights_sha256):
+            return f"`weights_sha256` must be a SHA-256 in hex, got {self.weights_sha256!r:.80}"
+        return None
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """Whether a value read from JSON has the type a record field declares (`int`, `float | str | None`, ...)."""
+    for kind in typing.get_args(annotation) or (annotation,):
+        if kind is type(None) and value is None:
+            return True
+        if kind is bool and isinstance(value, bool):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return True
+        if kind in (str, dict, list) and isinstance(value, kind):
+            return True
+    return False
+
+
+def _describe(annotation: Any) -> str:
+    kinds = typing.get_args(annotation) or (annotation,)
+    return " or ".join("null" if kind is type(None) else f"a JSON {kind.__name__}" for kind in kinds)
 
 
 @dataclasses.dataclass
@@ -124,11 +169,11 @@ class FrozenAdapterConfig:
                 f"{source} describes a `{adapter_type}` adapter, not a `{cls.ADAPTER_TYPE}` one: load it with "
                 "`hf_frozen.AutoFrozenModel.from_pretrained`, or with the config class of that adapter type."
             )
-        written_by = data.pop("hf_frozen_version", None)
+        written_by = _version_of(data.pop("hf_frozen_version", None), source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            if written_by is not None and Version(written_by) > Version(__version__):
+            if written_by is not None and written_by > Version(__version__):
                 logger.warning(
                     "Ignoring keys %s in %s: it was written by hf-frozen %s and this is %s, which does not know them.",
                     unknown,
@@ -137,11 +182,14 @@ class FrozenAdapterConfig:
                     __version__,
                 )
             else:
-                raise ValueError(
+                raise ArtifactError(
                     f"Unknown field(s) {unknown} in {source} for `{cls.__name__}`. Known fields: {sorted(known)}. "
                     "Fix the spelling or remove the field."
                 )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError) as err:  # the config's own checks: name the file they came from
+            raise ArtifactError(f"{source} holds an invalid `{cls.__name__}`: {err}") from None
 
     @classmethod
     def from_pretrained(
@@ -155,16 +203,41 @@ class FrozenAdapterConfig:
         return cls.from_dict(read_json_object(path), source=str(path))
 
 
+def _version_of(written_by: Any, source: str) -> Version | None:
+    """The hf-frozen version that wrote a file, from its `hf_frozen_version`; an `ArtifactError` naming the file when
+    it is no version."""
+    if written_by is None:
+        return None
+    try:
+        return Version(written_by if isinstance(written_by, str) else "")
+    except InvalidVersion:
+        raise ArtifactError(
+            f"{source} is damaged: `hf_frozen_version` must be a version such as {__version__!r}, got "
+            f"{written_by!r:.80}. Save the artifact again, or download it again."
+        ) from None
+
+
+# hf-frozen's JSON files are a few kilobytes; a larger one is not ours, and is not read into memory.
+MAX_JSON_BYTES = 16 << 20
+
+
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a JSON file that must hold an object, turning errors into a message that names the file."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ArtifactError(f"{path} is over {MAX_JSON_BYTES >> 20} MB: not an hf-frozen file.")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it is not a usable hf-frozen file.") from err
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); it is not a usable hf-frozen file.") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: not an hf-frozen file.")
+        raise ArtifactError(f"{path} holds a JSON {type(data).__name__}, not an object: not an hf-frozen file.")
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def save_adapter_files(
@@ -215,13 +288,15 @@ def load_adapter_files(
     config = config_class.from_dict(config_dict, source=str(config_path))
     record_class = config_class.RECORD_CLASS
     try:
-        record_dict = read_json_object(resolve_file(path_or_repo_id, RECORD_NAME, revision=revision, token=token))
+        record_path = resolve_file(path_or_repo_id, RECORD_NAME, revision=revision, token=token)
+        record_dict = read_json_object(record_path)
+        _version_of(record_dict.pop("hf_frozen_version", None), record_path)
     except FileNotFoundError:
         legacy = {field: config_dict[key] for field, key in record_class.LEGACY_KEYS.items() if key in config_dict}
         if not legacy:
             raise
-        record_dict = legacy
-    record = record_class.from_dict(record_dict)
+        record_path, record_dict = config_path, legacy
+    record = record_class.from_dict(record_dict, source=str(record_path))
     try:
         weights_path = resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token)
     except FileNotFoundError as missing:
@@ -229,12 +304,16 @@ def load_adapter_files(
             weights_path = resolve_file(path_or_repo_id, LEGACY_WEIGHTS_NAME, revision=revision, token=token)
         except FileNotFoundError:
             raise missing from None
-    if record.weights_sha256 is not None and sha256_file(weights_path) != record.weights_sha256:
-        raise ValueError(
+    tensors, weights_sha256 = read_tensors(weights_path)
+    if record.weights_sha256 is not None and weights_sha256 != record.weights_sha256:
+        raise ArtifactError(
             f"Weights file {weights_path} is corrupted or truncated: it does not match the checksum recorded in "
             f"{RECORD_NAME} (or it was changed after saving). Save the artifact again, or download it again."
         )
-    return config, record, load_tensors(weights_path)
+    # The checksum of what was read, also for an artifact of hf-frozen 0.1 that records none: what a server reads
+    # back later (`MultiEncoderModel`'s cold tasks) must be these very weights.
+    record.weights_sha256 = weights_sha256
+    return config, record, tensors
 
 
 def check_positive(config: Any, name: str, allow_zero: bool = False, integer: bool = False) -> None:

@@ -23,9 +23,9 @@ def test_defaults_and_round_trip(tmp_path):
 
 def test_fingerprints_survive_round_trip_but_are_not_arguments(tmp_path):
     # Fingerprints are what applying the adapter learned: they live in the record, beside the config.
-    record = FrozenDecoderRecord(decoder_fingerprint="abc")
+    record = FrozenDecoderRecord(decoder_fingerprint="ab" * 32)
     record.save_pretrained(tmp_path)
-    assert FrozenDecoderRecord.from_dict(read_json_object(tmp_path / RECORD_NAME)).decoder_fingerprint == "abc"
+    assert FrozenDecoderRecord.from_dict(read_json_object(tmp_path / RECORD_NAME)).decoder_fingerprint == "ab" * 32
     with pytest.raises(TypeError):
         FrozenDecoderConfig(decoder_fingerprint="abc")
 

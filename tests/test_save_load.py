@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+import hf_frozen.config
 import hf_frozen.utils.hub
 from hf_frozen import AutoFrozenModel, DecTConfig, DecTModel, FrozenDecoderModel, get_frozen_model
 from hf_frozen.config import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME
@@ -151,13 +151,16 @@ def test_failed_save_keeps_the_previous_artifact(case, tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "artifact")
     saved = {path.name: path.read_bytes() for path in (tmp_path / "artifact").iterdir()}
 
-    # The write itself fails half way (disk full): the old file stays, no temporary file is left.
-    def failing_save_file(tensors, path, metadata=None):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("No space left on device")
+    # The weights' write itself fails half way (disk full): the old file stays, no temporary file is left.
+    def failing_tensor_writer(tensors, metadata):
+        def write(path):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError("No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+        return write
+
+    monkeypatch.setattr(hf_frozen.config, "tensor_writer", failing_tensor_writer)
     with pytest.raises(OSError, match="No space"):
         model.save_pretrained(tmp_path / "artifact")
     assert {path.name: path.read_bytes() for path in (tmp_path / "artifact").iterdir()} == saved

@@ -11,7 +11,8 @@ reshuffled loader silently mislabelled examples; here a changed text, template o
 
 On disk an entry is one safetensors file `<key[:2]>/<key>.safetensors`, written atomically, whose metadata
 repeats its key and a checksum of its tensors. A file that fails to parse, names another key or fails its
-checksum is reported, deleted and recomputed, never used.
+checksum is reported, deleted and recomputed, never used. Temporary files of writers that were killed are removed
+when a cache is opened on the folder.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, remove_dead_temporary_files, tensor_writer
 from ..utils.logging import get_logger, tqdm
 from .backbones import Backbone
 from .config import DecTConfig
@@ -80,6 +80,10 @@ class QueryCache:
         self.folder = os.fspath(folder) if folder is not None else None
         self.memory: dict[str, Entry] = {}
         self.rejected = 0  # corrupted or foreign files found (and recomputed)
+        if self.folder is not None and os.path.isdir(self.folder):
+            for shard in os.listdir(self.folder):  # at most 256 folders: `<key[:2]>`
+                if len(shard) == 2:
+                    remove_dead_temporary_files(os.path.join(self.folder, shard))
 
     def _path(self, key: str) -> str:
         assert self.folder is not None
@@ -128,7 +132,7 @@ class QueryCache:
         if scores is not None:
             tensors["scores"] = torch.from_numpy(scores)
         metadata = {"key": key, "checksum": _checksum(hidden, scores)}
-        atomic_write(self._path(key), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(self._path(key), tensor_writer(tensors, metadata))
 
 
 class CachedQueries:

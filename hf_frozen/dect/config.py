@@ -205,6 +205,11 @@ class DecTConfig(FrozenAdapterConfig):
                 warnings.warn(f"DecTConfig's `{old}` is now `{new}`; the old name will be removed in 0.3.",
                               FutureWarning, stacklevel=3)  # fmt: skip
                 setattr(self, new, value)
+        for name in ("text_column", "label_column", "text_pair_column"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value) and not (name == "text_pair_column" and value is None):
+                unset = " or unset (None)" if name == "text_pair_column" else ""
+                raise ValueError(f"`{name}` must name a dataset column (a non-empty string){unset}, got {value!r}.")
         self.label_words = _normalize_label_words(self.label_words)
         if self.labels is None:
             self.labels = [words[0] for words in self.label_words]
@@ -284,13 +289,22 @@ def _normalize_label_words(label_words: object) -> list[list[str]]:
         )
     normalized = []
     for i, entry in enumerate(label_words):
+        if not isinstance(entry, (str, list, tuple)):
+            raise ValueError(
+                f"Class {i} of `label_words` must be a word, words joined by '|', or a list of words; got {entry!r}."
+            )
         words = entry.split("|") if isinstance(entry, str) else list(entry)
-        words = [w.strip() for w in words if isinstance(w, str) and w.strip()]
-        if not words:
+        if not any(isinstance(w, str) and w.strip() for w in words):
             raise ValueError(
                 f"Class {i} of `label_words` has no label words (got {entry!r}): give at least one word per class."
             )
-        normalized.append(words)
+        bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+        if bad:
+            raise ValueError(
+                f"Class {i} of `label_words` holds {bad[0]!r}, not a word (got {entry!r}): each label "
+                "word must be a non-empty string, e.g. `label_words=[['bad', 'awful'], ['good']]`."
+            )
+        normalized.append([w.strip() for w in words])
     return normalized
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from ..config import RECORD_NAME, load_adapter_files, save_adapter_files
+from ..config import CONFIG_NAME, RECORD_NAME, load_adapter_files, save_adapter_files
+from ..errors import ArtifactError
 from ..registry import register_adapter
 from ..utils.hub import HubMixin, build_model_card
 from ..utils.logging import get_logger
@@ -289,21 +290,39 @@ class DecTModel(CachedQueries, HubMixin):
         token: str | bool | None = None,
         backbone_name: str | None = None,
         answer_placeholder: str | None = None,
+        endpoint: Endpoint | None = None,
         **base_model_kwargs: Any,
     ) -> DecTModel:
-        """Load a saved head onto its backbone (the recorded one, or `base_model`), checking its fingerprint."""
+        """Load a saved head onto its backbone (the recorded one, or `base_model`), checking its fingerprint.
+
+        A head fitted on an endpoint is reloaded only onto the endpoint the caller passes (`endpoint=` or
+        `base_model=`): the URL an artifact records is shown and compared, never queried, so that a stranger's
+        artifact cannot make loading send an API key anywhere.
+        """
         config, record, tensors = load_adapter_files(path_or_repo_id, DecTConfig, revision, token)
+        if endpoint is not None:
+            if base_model is not None:
+                raise ValueError("Pass the backbone once: `endpoint=` or `base_model=`, not both.")
+            base_model = endpoint
         if record.backbone_kind == "callable":
             if not callable(base_model):
                 raise ValueError("This DecT head was fitted on a callable backbone: pass it again as `base_model=`.")
             backbone_name = backbone_name or config.backbone_name_or_path
         elif record.backbone_kind == "endpoint":
-            if base_model is None and record.endpoint:
-                base_model = Endpoint(**record.endpoint)  # the recorded URL and model; the key from the environment
+            recorded = {k: (record.endpoint or {}).get(k) for k in ("base_url", "model")}
             if not isinstance(base_model, Endpoint):
                 raise ValueError(
-                    "This DecT head was fitted on an endpoint backbone: pass `base_model=Endpoint(base_url, model)`."
+                    f"The DecT head in {path_or_repo_id} was fitted on a model behind an API (recorded: "
+                    f"{recorded['model']!r} at {recorded['base_url']!r}). Loading never contacts a URL named in an "
+                    "artifact: pass the endpoint yourself, `from_pretrained(path, endpoint=Endpoint(base_url, "
+                    "model))`."
                 )
+            if (base_model.base_url, base_model.model) != (recorded["base_url"], recorded["model"]):
+                logger.warning(
+                    "The DecT head in %s was fitted on %r at %r; loading it onto %r at %r as asked (its fingerprint "
+                    "is checked next).", path_or_repo_id, recorded["model"], recorded["base_url"], base_model.model,
+                    base_model.base_url,
+                )  # fmt: skip
         elif base_model is None or isinstance(base_model, str):
             base_id = base_model or config.backbone_name_or_path
             if not base_id:
@@ -325,17 +344,36 @@ class DecTModel(CachedQueries, HubMixin):
                 f"{config.backbone_name_or_path!r} with its config and tokenizer unchanged."
             )
         model.record = record
+        stored = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+        _check_head_shapes(model, stored, tensors.get("calibration"), path_or_repo_id)
         head = model.new_head(record.hidden_size)
-        try:
-            head.load_state_dict({k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")})
-        except RuntimeError as err:
-            raise ValueError(f"The head weights in {path_or_repo_id} do not fit its config: {err}") from err
+        head.load_state_dict(stored)
         model.head = head.eval()
         model.calibration = tensors.get("calibration")
         return model
 
     def model_card(self, repo_id: str | None = None) -> str:
         return model_card(self.config, self.record, repo_id)
+
+
+def _check_head_shapes(
+    model: DecTModel, stored: dict[str, torch.Tensor], calibration: torch.Tensor | None, source: Any
+) -> None:
+    """Refuse head weights that do not fit the config and record they came with, before a head is built from them:
+    built on the meta device, the expected head allocates nothing, however large a damaged record makes it."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in model.new_head(model.record.hidden_size).state_dict().items()}
+    expected["calibration"] = (model.config.num_classes,)
+    found = {name: tuple(t.shape) for name, t in stored.items()}
+    if calibration is not None:
+        found["calibration"] = tuple(calibration.shape)
+    else:
+        expected.pop("calibration")
+    if found != expected:
+        raise ArtifactError(
+            f"The head weights in {source} do not fit its {CONFIG_NAME} and {RECORD_NAME} (tensor shapes expected "
+            f"{expected}, found {found}): the artifact is damaged. Save the head again, or download it again."
+        )
 
 
 def model_card(c: DecTConfig, r: DecTRecord, repo_id: str | None = None) -> str:

@@ -26,7 +26,8 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ..config import load_adapter_files, save_adapter_files
+from ..config import CONFIG_NAME, load_adapter_files, save_adapter_files
+from ..errors import ArtifactError
 from ..utils.fingerprint import fingerprint_tensors
 from ..utils.zero3 import full_copies, gathered
 from .base import BASE_PREFIX
@@ -110,8 +111,19 @@ def save_encoder_artifact(
 def load_encoder_artifact(
     path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
 ) -> tuple[FrozenDecoderConfig, FrozenDecoderRecord, dict[str, torch.Tensor]]:
-    """(config, record, tensors by base-model name) of an artifact in a local folder or a Hub repository."""
+    """(config, record, tensors by base-model name) of an artifact in a local folder or a Hub repository.
+
+    LoRA weights whose rank is not the config's `lora_r` are refused here, before any layer is built from the
+    config (a damaged `lora_r` could otherwise ask for any amount of memory).
+    """
     config, record, tensors = load_adapter_files(path_or_repo_id, FrozenDecoderConfig, revision, token)
+    ranks = {int(t.shape[0]) if t.dim() == 2 else -1 for name, t in tensors.items() if ".lora_A" in name}
+    if config.encoder_training == "lora" and ranks != {config.lora_r} or config.encoder_training != "lora" and ranks:
+        raise ArtifactError(
+            f"The artifact {path_or_repo_id} is damaged: its {CONFIG_NAME} says `encoder_training="
+            f"{config.encoder_training!r}`, `lora_r={config.lora_r}`, but its weights hold LoRA matrices of rank(s) "
+            f"{sorted(ranks) or 'none'}. Save it again, or download it again."
+        )
     return config, record, from_file_names(tensors)
 
 

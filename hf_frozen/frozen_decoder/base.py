@@ -48,6 +48,9 @@ class FrozenDecoderBase(HubMixin, nn.Module):
         nn.Module.__init__(self)
         check_encoder_decoder(base_model)
         self.base_model = BaseModelLayout(base_model)
+        # A resize changes the decoder's embeddings and LM head (and re-ties a private encoder embedding): refused
+        # now, naming the fix, rather than found at save time. `merge_and_unload` gives the method back.
+        base_model.resize_token_embeddings = _refuse_resize
         self.encoder_prefix = module_prefix(base_model, base_model.get_encoder())
         self._expected_decoder_fingerprint = self.decoder_fingerprint()
         # Tied tensors would be saved once per name, which safetensors refuses (Trainer checkpoints of a
@@ -121,6 +124,19 @@ class FrozenDecoderBase(HubMixin, nn.Module):
             if not name.startswith(BASE_PREFIX) and id(tensor) in canonical:
                 aliases[name] = canonical[id(tensor)]
         return aliases
+
+
+def _refuse_resize(*args: Any, **kwargs: Any) -> None:
+    raise ValueError(
+        "`resize_token_embeddings` is refused once a frozen-decoder adapter is applied: it would change the decoder's "
+        "embeddings and LM head, which must stay those of the base model. Resize the base model first (e.g. after "
+        "adding tokens to the tokenizer), then call `get_frozen_model`."
+    )
+
+
+def release_resize(base_model: PreTrainedModel) -> None:
+    """Give a base model leaving hf-frozen its own `resize_token_embeddings` back."""
+    vars(base_model).pop("resize_token_embeddings", None)
 
 
 def _drop_aliases(module: FrozenDecoderBase, state_dict: dict, prefix: str, local_metadata: Any) -> None:

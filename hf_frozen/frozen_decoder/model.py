@@ -29,7 +29,7 @@ from .artifact import (
     peft_adapter_config,
     save_encoder_artifact,
 )
-from .base import BASE_PREFIX, FrozenDecoderBase
+from .base import BASE_PREFIX, FrozenDecoderBase, release_resize
 from .config import FrozenDecoderConfig
 from .freezing import (
     ADAPTER_NAME,
@@ -285,6 +285,7 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
             if self.frozen_config.decoder_dtype is not None:
                 back_to_one_dtype(base, self.encoder_prefix, self._boundary_casts)
         del base._hf_frozen_adapter
+        release_resize(base)
         return base
 
     def model_card(self, repo_id: str | None = None) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..errors import ArtifactError
 from ..utils.fingerprint import numeric_config
 from .artifact import (
     check_fingerprints,
@@ -40,6 +41,8 @@ from .residency import LeastRecentlyUsed
 from .sides import module_prefix
 
 _TASK_NAME = re.compile(r"[\w+=@][\w+=@-]*")
+# A task name names a folder: well under the 255 bytes a file name may have on common file systems.
+MAX_TASK_NAME_BYTES = 128
 # Names a `torch.nn.ModuleDict` already uses for itself (`parameters`, `training`, ...) cannot name a task.
 _TAKEN = frozenset(dir(nn.ModuleDict()))
 
@@ -56,6 +59,11 @@ def check_task_name(name: Any) -> None:
             f"A task name must be letters, digits and '_', '+', '=', '@' or '-' (not first), got {name!r}: it names "
             "the task's folder when saving and its module, so '/', '.' and spaces are refused. Example: "
             "'summarize_cnn'."
+        )
+    if len(name.encode("utf-8")) > MAX_TASK_NAME_BYTES:
+        raise ValueError(
+            f"A task name names the task's folder, so it must be at most {MAX_TASK_NAME_BYTES} bytes; got one of "
+            f"{len(name.encode('utf-8'))} ({name[:40]!r}...). Choose a shorter name."
         )
 
 
@@ -153,14 +161,31 @@ class MultiEncoderModel(FrozenDecoderBase):
         self._residency.touch([name])
         self._evict(keep={name})
 
-    def _load_task(self, name: str, artifact: Any, revision: str | None, token: str | bool | None) -> None:
-        """Build, check and register the encoder of `artifact` under `name` (what `add_task` does, less eviction)."""
+    def _load_task(
+        self,
+        name: str,
+        artifact: Any,
+        revision: str | None,
+        token: str | bool | None,
+        expected: tuple[FrozenDecoderConfig, str | None] | None = None,
+    ) -> None:
+        """Build, check and register the encoder of `artifact` under `name` (what `add_task` does, less eviction).
+
+        `expected`: when reading back an evicted task, the (config, weights checksum) registered when it was added.
+        """
         if isinstance(artifact, FrozenDecoderModel):
             config, record, tensors = artifact.frozen_config, artifact.record, artifact.encoder_state_dict()
             source = f"the model for {name!r}"
         else:
             source = str(artifact)
             config, record, tensors = load_encoder_artifact(artifact, revision=revision, token=token)
+            read_back = (config.to_dict(), record.weights_sha256)
+            if expected is not None and read_back != (expected[0].to_dict(), expected[1]):
+                raise ArtifactError(
+                    f"Task {name!r}: {source} changed after the task was added (its weights or config differ from "
+                    "those read then), so it is not served. Add the task again (`add_task(name, folder, "
+                    "replace=True)`) to serve what the folder holds now."
+                )
         if config.decoder_dtype != self.decoder_dtype:
             raise ValueError(
                 f"Task {name!r}: the encoder in {source} was trained against a decoder held in "
@@ -235,10 +260,12 @@ class MultiEncoderModel(FrozenDecoderBase):
     # -- which task encoders stay in memory -------------------------------------------------------------------
 
     def _make_resident(self, names: list[str]) -> None:
-        """Read back, from their files, the encoders of `names` that were evicted (each is checked again)."""
+        """Read back, from their files, the encoders of `names` that were evicted (each is checked again, and
+        refused unless its weights and config are exactly those registered when it was added)."""
         for name in names:
             if not self._resident(name):
-                self._load_task(name, *self._sources[name])
+                registered = (self.task_configs[name], self.task_records[name].weights_sha256)
+                self._load_task(name, *self._sources[name], expected=registered)
         self._residency.touch(names)
 
     def _evict(self, keep: set[str] = frozenset()) -> None:
@@ -354,6 +381,12 @@ class MultiEncoderModel(FrozenDecoderBase):
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        empty = (~attention_mask.bool().any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"Rows {empty[:10]} of `attention_mask` are all zeros: those examples have no token to encode. Drop "
+                "them from the batch, or give each at least one token (an empty text still has its end token)."
+            )
         # Plain LoRA tasks share one pass of the base encoder: a served one always (it holds no encoder of its own),
         # one being trained (`for_training`) in eval mode and with another beside it (alone it gains nothing).
         shared = {t for t in dict.fromkeys(tasks) if self.lora_parts.get(t)

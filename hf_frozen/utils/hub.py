@@ -14,6 +14,8 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
+from ..errors import ArtifactError
+
 
 def resolve_file(
     path_or_repo_id: str | os.PathLike, filename: str, revision: str | None = None, token: str | bool | None = None
@@ -27,6 +29,7 @@ def resolve_file(
                 f"{path_or_repo_id} has no {filename}: it is not an hf-frozen artifact, or it is incomplete "
                 "(save it with `save_pretrained`)."
             )
+        check_inside(path_or_repo_id, path)
         return path
     try:
         return hf_hub_download(path_or_repo_id, filename, revision=revision, token=token)
@@ -38,6 +41,22 @@ def resolve_file(
         raise FileNotFoundError(
             f"Could not find {filename} in the Hub repo {path_or_repo_id!r} (revision {revision or 'main'}): {err}"
         ) from err
+
+
+def check_inside(folder: str, path: str) -> None:
+    """Refuse a file of an artifact folder that is a link to somewhere outside it: loading reads inside the folder
+    only. Links of a Hub cache snapshot (`<repo>/snapshots/<revision>/<file>` -> `<repo>/blobs/<hash>`) are the
+    cache's own and are followed."""
+    real_folder = os.path.realpath(folder)
+    allowed = [real_folder]
+    if os.path.basename(os.path.dirname(real_folder)) == "snapshots":
+        allowed.append(os.path.join(os.path.dirname(os.path.dirname(real_folder)), "blobs"))
+    real = os.path.realpath(path)
+    if not any(os.path.commonpath([real, root]) == root for root in allowed):
+        raise ArtifactError(
+            f"{path} is a link to {real}, outside the artifact folder {folder}: an artifact is read from its own "
+            "folder only. Copy the file into the folder if you trust it."
+        )
 
 
 def hub_id(name: str | None) -> str | None:

@@ -17,6 +17,15 @@ removed by the next save or load once it is gone); killed after it, the next rea
 (`finish_interrupted_save`) before reading, and so sees the new set. One writer at a time per folder: two
 processes saving into the same folder at once are not made safe. Every file is created with the permissions the
 umask gives (not `mkstemp`'s 0600).
+
+An artifact folder may come from a stranger, journal included. A journal is finished only when it is exactly
+what `write_files_together` writes: each entry maps a plain file name of the folder to a temporary file of ours
+for that very name, a regular file, never a link. Anything else (a path, `..`, an absolute name, a link, a
+foreign name) is refused with an `ArtifactError` naming the journal, and nothing is moved.
+
+Safetensors are serialised in memory and written through the same temporary files (`tensor_writer`), never by
+`safetensors.torch.save_file`, whose own temporary file (`.tmpXXXXXX`, mode 0600) a kill would leave behind;
+such files, left by earlier versions, are removed like ours.
 """
 
 from __future__ import annotations
@@ -25,17 +34,23 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
+from ..errors import ArtifactError
+
 if TYPE_CHECKING:
     import torch
 
 JOURNAL_NAME = ".hf_frozen_commit.json"
 _TMP_PREFIX, _TMP_SUFFIX = ".hf_frozen.", ".tmp"
+# The temporary file `safetensors.torch.save_file` writes beside its target (the `tempfile` crate's default name).
+_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 def _default_mode() -> int:
@@ -54,8 +69,20 @@ def _temporary_file(folder: str, name: str) -> str:
 
 
 def _flush_to_disk(path: str) -> None:
+    # Also set the umask's mode again: a writer may have replaced the file with one of its own (0600).
+    os.chmod(path, _default_mode())
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether `name` can only name an entry of a folder: no separator, not `.` or `..`, no NUL, not too long."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and len(name.encode("utf-8", "surrogatepass")) <= 255
+    )
 
 
 def _remove_quietly(path: str) -> None:
@@ -113,22 +140,70 @@ def finish_interrupted_save(folder: str | os.PathLike) -> None:
     """
     folder = os.fspath(folder)
     journal_path = os.path.join(folder, JOURNAL_NAME)
-    try:
-        with open(journal_path, encoding="utf-8") as f:
-            journal = json.load(f)
-    except FileNotFoundError:
-        journal = {}
-    except (OSError, ValueError):
-        journal = {}  # unreadable: it never became the commit point, since it is written atomically
+    journal = _read_journal(journal_path)
     for name, tmp_name in journal.items():
         with contextlib.suppress(FileNotFoundError):  # another process may have renamed it already
             os.replace(os.path.join(folder, tmp_name), os.path.join(folder, name))
-    _remove_quietly(journal_path)
-    if not os.path.isdir(folder):
+    if journal or os.path.lexists(journal_path):
+        _remove_quietly(journal_path)
+    remove_dead_temporary_files(folder)
+
+
+def remove_dead_temporary_files(folder: str | os.PathLike) -> None:
+    """Remove the temporary files that killed writers left in `folder`: ours once their writer is gone, and
+    safetensors' own (which hf-frozen no longer makes, so none is in progress)."""
+    folder = os.fspath(folder)
+    try:
+        entries = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for entry in os.listdir(folder):
-        if entry.startswith(_TMP_PREFIX) and entry.endswith(_TMP_SUFFIX) and not _writer_alive(entry):
+    for entry in entries:
+        ours = entry.startswith(_TMP_PREFIX) and entry.endswith(_TMP_SUFFIX) and not _writer_alive(entry)
+        if ours or _SAFETENSORS_TMP.fullmatch(entry):
             _remove_quietly(os.path.join(folder, entry))
+
+
+def _read_journal(journal_path: str) -> dict[str, str]:
+    """The entries of a journal exactly as `write_files_together` writes it; `{}` when there is none.
+
+    Refused, with an `ArtifactError` that names it: a journal that is not a JSON object of plain file names, each
+    mapped to a temporary file of ours for that same name which, where it still exists, is a regular file.
+    """
+    try:
+        with open(journal_path, "rb") as f:
+            raw = f.read(1 << 20)
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise _bad_journal(journal_path, f"it cannot be read ({err.strerror or err})") from None
+    try:
+        journal = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        journal = None
+    if not isinstance(journal, dict) or not journal:
+        raise _bad_journal(journal_path, "it is not a JSON object of file names")
+    folder = os.path.dirname(journal_path)
+    for name, tmp_name in journal.items():
+        if not is_plain_name(name) or name == JOURNAL_NAME or name.startswith(_TMP_PREFIX):
+            raise _bad_journal(journal_path, f"its entry {name!r} is not a plain file name of the folder")
+        ours = rf"{re.escape(_TMP_PREFIX + name)}\.[0-9]+\.[A-Za-z0-9_]+{re.escape(_TMP_SUFFIX)}"
+        if not isinstance(tmp_name, str) or not re.fullmatch(ours, tmp_name):
+            raise _bad_journal(journal_path, f"its entry {name!r} names {tmp_name!r}, not a temporary file of ours")
+        try:
+            mode = os.lstat(os.path.join(folder, tmp_name)).st_mode
+        except FileNotFoundError:
+            continue  # renamed already, by an earlier reader
+        if not stat.S_ISREG(mode):
+            raise _bad_journal(journal_path, f"its entry {tmp_name!r} is not a regular file")
+    return journal
+
+
+def _bad_journal(journal_path: str, problem: str) -> ArtifactError:
+    return ArtifactError(
+        f"{journal_path} is not a journal that hf-frozen writes: {problem}. Nothing was moved. If you trust this "
+        "folder, delete that file to read the artifact as it was before the interrupted save; otherwise do not use "
+        "the folder."
+    )
 
 
 def _writer_alive(tmp_name: str) -> bool:
@@ -157,23 +232,39 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def tensor_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Callable[[str], None]:
-    """A `write(path)` that saves `tensors` as safetensors (contiguous CPU copies) with `metadata`."""
-    from safetensors.torch import save_file  # here, not at the top: configs (and `--help`) load without torch
+    """A `write(path)` that saves `tensors` as safetensors (contiguous CPU copies) with `metadata`.
+
+    Serialised in memory and written by us into `path`: `safetensors.torch.save_file` would write a temporary file
+    of its own (mode 0600, left behind by a kill).
+    """
+    from safetensors.torch import save  # here, not at the top: configs (and `--help`) load without torch
 
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    return lambda path: save_file(plain, path, metadata={"format": "pt", **metadata})
+
+    def write(path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(save(plain, metadata={"format": "pt", **metadata}))
+
+    return write
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file onto the CPU; a missing or corrupted file raises an error that names it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Weights file {path} does not exist: the artifact is incomplete.")
-    from safetensors.torch import load_file
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors on the CPU, SHA-256 of the file) of a safetensors file, read once: the checksum is of the very
+    bytes loaded. A missing or corrupted file raises an error that names it."""
+    from safetensors.torch import load  # here, not at the top: configs (and `--help`) load without torch
 
     try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Weights file {path} does not exist: the artifact is incomplete.") from None
+    except OSError as err:
+        raise ArtifactError(f"Weights file {path} cannot be read ({err.strerror or err}).") from None
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, OverflowError, MemoryError) as err:
+        raise ArtifactError(
             f"Weights file {path} is not a readable safetensors file ({err}). It is corrupted or truncated: "
             "save the artifact again, or download it again."
-        ) from err
+        ) from None
+    return tensors, hashlib.sha256(data).hexdigest()

@@ -88,10 +88,12 @@ def test_command_trains_and_evaluates_against_the_server(server, tmp_path, caplo
             assert API_KEY.encode() not in path.read_bytes(), path
     assert API_KEY not in done.stdout + done.stderr
 
-    # A fresh process loads the head onto the recorded endpoint (the key comes from the environment again) and
-    # predicts what the saved head predicts, querying only texts the cache lacks.
+    # The head is reloaded onto the endpoint the caller passes, never the recorded URL (the key comes from the
+    # environment again); it predicts what the saved head predicts, querying only texts the cache lacks.
+    with pytest.raises(ValueError, match="never contacts a URL named in an artifact"):
+        AutoFrozenModel.from_pretrained(tmp_path / "out")
     with caplog.at_level(logging.INFO):
-        loaded = AutoFrozenModel.from_pretrained(tmp_path / "out")
+        loaded = AutoFrozenModel.from_pretrained(tmp_path / "out", endpoint=Endpoint(server.url, MODEL_NAME))
     assert loaded.record.backbone_kind == "endpoint"
     assert loaded.record.endpoint == {"base_url": server.url, "model": MODEL_NAME, "api_key_env": "OPENAI_API_KEY",
                                       "label_scores": "constrained", "top_logprobs": 20}  # fmt: skip

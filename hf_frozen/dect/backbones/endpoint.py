@@ -37,9 +37,12 @@ from ...utils.fingerprint import fingerprint_json
 from ..config import DecTConfig
 from ..prompt import PromptTemplate
 from .base import check_answer_comes_last
-from .http_client import EndpointError, HTTPClient
+from .http_client import MAX_RESPONSE_BYTES, EndpointError, HTTPClient
 
 LOGIT_BIAS = 100  # the largest bias OpenAI accepts: makes the biased tokens certain under greedy decoding
+# The largest hidden size accepted from an embeddings route (the largest models have 16,384): a bigger vector is
+# a broken or hostile server, not a model.
+MAX_HIDDEN_SIZE = 1 << 16
 
 
 @dataclasses.dataclass
@@ -60,6 +63,7 @@ class Endpoint:
         timeout (`float`, defaults to `60.0`): seconds to wait for one response before retrying.
         max_retries (`int`, defaults to `5`): retries of a request after a timeout, a lost connection, 429 or 5xx.
         backoff (`float`, defaults to `1.0`): seconds before the first retry, doubled for each next one.
+        max_response_bytes (`int`, defaults to 16 MiB): the largest answer accepted; a larger one is an error.
     """
 
     base_url: str
@@ -71,6 +75,7 @@ class Endpoint:
     timeout: float = 60.0
     max_retries: int = 5
     backoff: float = 1.0
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
@@ -82,7 +87,7 @@ class Endpoint:
             raise ValueError(f"`model` must name the served model (as /v1/models lists it), got {self.model!r}.")
         if self.label_scores not in ("constrained", "floor"):
             raise ValueError(f"`label_scores` must be 'constrained' or 'floor', got {self.label_scores!r}.")
-        for name in ("top_logprobs", "concurrency"):
+        for name in ("top_logprobs", "concurrency", "max_response_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -131,8 +136,9 @@ class EndpointBackbone:
         self.config = config
         self.prompt = PromptTemplate(config.template)
         check_answer_comes_last(self.prompt, "an endpoint backbone")
-        self.client = HTTPClient(endpoint.base_url, os.environ.get(endpoint.api_key_env) or None,
-                                 endpoint.timeout, endpoint.max_retries, endpoint.backoff)  # fmt: skip
+        self.client = HTTPClient(endpoint.base_url, os.environ.get(endpoint.api_key_env) or None, endpoint.timeout,
+                                 endpoint.max_retries, endpoint.backoff, endpoint.max_response_bytes)  # fmt: skip
+        self.hidden_size: int | None = None  # the embeddings route's size, from its first answer
         self.model_entry = self._model_entry()
         self.label_ids = [self._label_token_ids(words) for words in config.label_words]
         self.token_class = self._token_strings()
@@ -158,7 +164,13 @@ class EndpointBackbone:
                     err.status,
                 ) from None
             raise
-        entries = {entry.get("id"): entry for entry in listing.get("data", [])}
+        data = listing.get("data")
+        if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+            raise EndpointError(
+                f"GET {self.endpoint.base_url}/models answered {str(listing)[:200]}, not a model list "
+                '(`{"data": [{"id": ...}, ...]}`): is this an OpenAI-compatible server?'
+            )
+        entries = {entry.get("id"): entry for entry in data}
         if self.endpoint.model not in entries:
             raise ValueError(
                 f"`model` {self.endpoint.model!r} is not served at {self.endpoint.base_url}; it serves "
@@ -178,14 +190,20 @@ class EndpointBackbone:
         ]
         for url, payload in attempts:
             try:
-                tokens = self.client.post(url, payload)["tokens"]
+                answer = self.client.post(url, payload)
             except EndpointError as err:
                 if err.status in (404, 405):
                     continue
                 raise
-            if tokens and isinstance(tokens[0], dict):  # llama.cpp's server with `with_pieces`
-                tokens = [t["id"] for t in tokens]
-            return [int(t) for t in tokens]
+            tokens = answer.get("tokens")
+            if isinstance(tokens, list) and tokens and isinstance(tokens[0], dict):  # llama.cpp's `with_pieces`
+                tokens = [t.get("id") if isinstance(t, dict) else None for t in tokens]
+            if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+                raise EndpointError(
+                    f"POST {url} answered {str(answer)[:200]}, without a `tokens` list of token ids: DecT cannot find "
+                    "its label words' tokens on this server."
+                )
+            return tokens
         raise ValueError(
             f"{self.endpoint.base_url} offers no tokenize route (tried /extras/tokenize and /tokenize), so DecT "
             "cannot find its label words' tokens. Serve the model with llama-cpp-python, llama.cpp or vLLM."
@@ -202,8 +220,9 @@ class EndpointBackbone:
                     continue
                 raise
             for key in ("text", "prompt", "content"):
-                if key in answer:
+                if isinstance(answer.get(key), str):
                     return answer[key]
+            raise EndpointError(f"POST {url} answered {str(answer)[:200]}, without the token's text.")
         raise ValueError(
             f"{self.endpoint.base_url} offers no detokenize route (tried /extras/detokenize and /detokenize)."
         )
@@ -268,6 +287,11 @@ class EndpointBackbone:
 
     def _label_scores(self, prompt: str) -> np.ndarray:
         top = self._complete(prompt, self.endpoint.top_logprobs)["top_logprobs"][0]
+        if not isinstance(top, dict) or not all(_is_logprob(v) for v in top.values()):
+            raise EndpointError(
+                f"{self.endpoint.base_url}/completions answered `top_logprobs` {str(top)[:200]}, not an object of "
+                "token -> log-probability."
+            )
         scores = np.full(self.config.num_classes, -np.inf)
         for token, logprob in top.items():
             cls = self.token_class.get(token)
@@ -279,13 +303,21 @@ class EndpointBackbone:
                 continue
             bias = {str(token): LOGIT_BIAS for token in self.label_ids[cls]}
             answer = self._complete(prompt, 1, bias)
-            token = answer["tokens"][0]
+            try:
+                token, logprob = answer["tokens"][0], answer["token_logprobs"][0]
+            except (KeyError, IndexError, TypeError):
+                token, logprob = None, None
+            if not isinstance(token, str) or not _is_logprob(logprob):
+                raise EndpointError(
+                    f"{self.endpoint.base_url}/completions answered {str(answer)[:200]}, without `tokens` and "
+                    "`token_logprobs`: use `label_scores='floor'` with this server."
+                )
             if self.token_class.get(token) != cls:
                 raise EndpointError(
                     f"{self.endpoint.base_url} ignored `logit_bias` (answered {token!r}, not a label token of class "
                     f"{self.config.labels[cls]!r}). Use `label_scores='floor'` with this server."
                 )
-            scores[cls] = answer["token_logprobs"][0]
+            scores[cls] = logprob
         return scores.astype(np.float32)
 
     def _complete(self, prompt: str, top_logprobs: int, logit_bias: dict[str, int] | None = None) -> dict[str, Any]:
@@ -296,7 +328,7 @@ class EndpointBackbone:
         answer = self.client.post("completions", payload)
         try:
             logprobs = answer["choices"][0]["logprobs"]
-            if not logprobs["top_logprobs"] or not logprobs["top_logprobs"][0]:
+            if not isinstance(logprobs["top_logprobs"], list) or not logprobs["top_logprobs"][0]:
                 raise KeyError("top_logprobs")
         except (KeyError, IndexError, TypeError) as err:
             raise EndpointError(
@@ -314,4 +346,23 @@ class EndpointBackbone:
             raise EndpointError(
                 f"{self.endpoint.base_url}/embeddings returned no embedding ({err!r}; got {str(answer)[:200]})."
             ) from None
-        return vector[-1] if vector.ndim == 2 else vector  # one vector per token: the last is the answer position
+        if vector.ndim == 2 and len(vector):
+            vector = vector[-1]  # one vector per token: the last is the answer position
+        if vector.ndim != 1 or not 0 < len(vector) <= MAX_HIDDEN_SIZE:
+            raise EndpointError(
+                f"{self.endpoint.base_url}/embeddings returned an embedding of shape {vector.shape}: DecT needs one "
+                f"vector (or one per token) of at most {MAX_HIDDEN_SIZE:,d} numbers."
+            )
+        if self.hidden_size is None:
+            self.hidden_size = len(vector)
+        elif len(vector) != self.hidden_size:
+            raise EndpointError(
+                f"{self.endpoint.base_url}/embeddings returned an embedding of size {len(vector)} after ones of size "
+                f"{self.hidden_size}: the server changed model mid-run. Answers received so far are cached; run again "
+                "once the server serves one model."
+            )
+        return vector
+
+
+def _is_logprob(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and value <= 0
