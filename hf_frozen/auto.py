@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .config import CONFIG_NAME, FrozenAdapterConfig, read_json_object
+from .errors import ArtifactError
 from .registry import get_adapter
 from .utils.hub import resolve_file
 
@@ -60,9 +61,14 @@ class AutoFrozenModel:
         """
         path = resolve_file(path_or_repo_id, CONFIG_NAME, revision=revision, token=token)
         adapter_type = read_json_object(path).get("adapter_type")
-        if adapter_type is None:
-            raise ValueError(f"{path} has no `adapter_type`: it was not written by hf-frozen.")
-        model_class = get_adapter(adapter_type).model_class
+        if not isinstance(adapter_type, str):
+            raise ArtifactError(
+                f"{path} has no `adapter_type` string (got {adapter_type!r:.40}): it was not written by hf-frozen."
+            )
+        try:
+            model_class = get_adapter(adapter_type).model_class
+        except ValueError as err:
+            raise ArtifactError(f"{path}: {err}") from None
         return model_class.from_pretrained(
             path_or_repo_id, base_model=base_model, revision=revision, token=token, **kwargs
         )

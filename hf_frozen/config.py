@@ -297,6 +297,12 @@ def load_adapter_files(
             raise
         record_path, record_dict = config_path, legacy
     record = record_class.from_dict(record_dict, source=str(record_path))
+    if record.weights_sha256 is None and record_path != config_path:
+        # Every record file hf-frozen writes holds the checksum; only 0.1's artifacts (no record file) lack it.
+        raise ArtifactError(
+            f"{record_path} is damaged: it has no `weights_sha256`, which every {RECORD_NAME} holds, so its weights "
+            "cannot be verified. Save the artifact again, or download it again."
+        )
     try:
         weights_path = resolve_file(path_or_repo_id, WEIGHTS_NAME, revision=revision, token=token)
     except FileNotFoundError as missing:

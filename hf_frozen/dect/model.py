@@ -7,6 +7,7 @@ steps on the training cache, `head.py` trains the prototype decoder, and `record
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -19,7 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from ..config import CONFIG_NAME, RECORD_NAME, load_adapter_files, save_adapter_files
 from ..errors import ArtifactError
 from ..registry import register_adapter
-from ..utils.hub import HubMixin, build_model_card
+from ..utils.hub import HubMixin, build_model_card, loading_recorded_base
 from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, Endpoint, build_backbone, load_backbone
 from .cache import CachedQueries
@@ -332,7 +333,8 @@ class DecTModel(CachedQueries, HubMixin):
                     f"{path_or_repo_id} records the backbone kind {record.backbone_kind!r}, which is none of "
                     f"{sorted(AUTO_CLASSES)} or 'callable': its {RECORD_NAME} is damaged. Save the head again."
                 )
-            base_model, loaded_tokenizer = load_backbone(base_id, record.backbone_kind, **base_model_kwargs)
+            with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
+                base_model, loaded_tokenizer = load_backbone(base_id, record.backbone_kind, **base_model_kwargs)
             tokenizer = tokenizer or loaded_tokenizer
         model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder)
         settings_changed = record.backbone_settings_fingerprint not in (None, model.backbone.settings_fingerprint)

@@ -8,6 +8,7 @@ from ..config import AdapterRecord
 
 MAX_HIDDEN_SIZE = 1 << 16  # the largest models have 16,384: a larger size is a damaged record
 
+
 @dataclasses.dataclass
 class DecTRecord(AdapterRecord):
     """The backbone a head was fitted on and the choices fitting made.
@@ -59,10 +60,12 @@ class DecTRecord(AdapterRecord):
             f"it records the backbone kind {self.backbone_kind!r}, which is none of {list(kinds)}": self.backbone_kind
             not in (None, *kinds),
             f"`hidden_size` must be from 1 to {MAX_HIDDEN_SIZE}, got {self.hidden_size!r}": self.hidden_size
-            is not None and not 0 < self.hidden_size <= MAX_HIDDEN_SIZE,
+            is not None
+            and not 0 < self.hidden_size <= MAX_HIDDEN_SIZE,
             f"`zero_shot_weight` must be a number >= 0 or 'prompt_only', got {weight!r}": isinstance(weight, str)
             and weight != "prompt_only"
-            or isinstance(weight, (int, float)) and weight < 0,
+            or isinstance(weight, (int, float))
+            and weight < 0,
             f"`steps` must be >= 0, got {self.steps!r}": self.steps is not None and self.steps < 0,
             f"`head_type` must be 'prototype' or 'linear', got {self.head_type!r}": self.head_type
             not in (None, "prototype", "linear"),

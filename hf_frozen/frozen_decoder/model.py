@@ -7,6 +7,7 @@ saves only what training changes (the encoder side) plus the fingerprints of the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -19,7 +20,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from ..registry import register_adapter
 from ..utils.fingerprint import numeric_config
-from ..utils.hub import build_model_card, hub_id
+from ..utils.hub import build_model_card, hub_id, loading_recorded_base
 from ..utils.zero3 import any_partitioned
 from .artifact import (
     check_fingerprints,
@@ -215,7 +216,9 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
                 )
             if base_id == config.base_model_name_or_path and config.revision:
                 base_model_kwargs.setdefault("revision", config.revision)
-            base_model = AutoModelForSeq2SeqLM.from_pretrained(base_id, **base_model_kwargs)
+            # The base the artifact records, not one the caller named: a failure names the artifact.
+            with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
+                base_model = AutoModelForSeq2SeqLM.from_pretrained(base_id, **base_model_kwargs)
         model = cls(base_model, config)
         model._copy_in(config, record, tensors, str(path_or_repo_id))
         if not is_trainable:

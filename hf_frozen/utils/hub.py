@@ -6,8 +6,10 @@ saves an artifact to a temporary folder, adds a model card and uploads the folde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
@@ -57,6 +59,19 @@ def check_inside(folder: str, path: str) -> None:
             f"{path} is a link to {real}, outside the artifact folder {folder}: an artifact is read from its own "
             "folder only. Copy the file into the folder if you trust it."
         )
+
+
+@contextlib.contextmanager
+def loading_recorded_base(name: str, artifact: Any) -> Iterator[None]:
+    """Name the artifact when the base model it records cannot be loaded (a damaged name, no network, no such
+    folder): the user did not choose that name, so the error says where it came from and how to choose."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds for a name it cannot load
+        raise ArtifactError(
+            f"The base model {name!r} that {artifact} records could not be loaded ({type(err).__name__}: "
+            f"{str(err)[:300]}). Pass `base_model=` yourself: a model, or an id or folder you trust."
+        ) from err
 
 
 def hub_id(name: str | None) -> str | None:

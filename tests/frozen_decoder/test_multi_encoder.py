@@ -1,5 +1,7 @@
 """Many task encoders on one frozen decoder: mixed-task generation equals each task alone."""
 
+import shutil
+
 import pytest
 import torch
 from datasets import Dataset
@@ -316,6 +318,11 @@ def test_at_most_k_encoders_stay_resident_and_evicted_ones_come_back_identical(a
     with pytest.raises(ValueError):
         lazy.generate(input_ids=ids[:1], attention_mask=mask[:1], tasks=["task1"], **kwargs)
     assert sorted(lazy.encoders) == ["task0", "task4"], "a failed read-back leaves the served tasks as they were"
+    # A folder replaced by another valid artifact of the same base is refused too: its weights are not those added.
+    shutil.rmtree(paths["task2"])
+    shutil.copytree(paths["task3"], paths["task2"])
+    with pytest.raises(ValueError, match="'task2': .* changed after the task was added"):
+        lazy.generate(input_ids=ids[:1], attention_mask=mask[:1], tasks=["task2"], **kwargs)
     with pytest.raises(
         ValueError, match=r"`max_resident_encoders` must be a positive integer or None \(keep every task\), got 0"
     ):

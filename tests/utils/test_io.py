@@ -28,28 +28,35 @@ def contents(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(folder.iterdir())}
 
 
-def run_crash_saver(folder: Path, kills: int, seed: int) -> dict:
-    done = subprocess.run([sys.executable, str(CRASH_SAVER), str(folder), str(kills), str(seed)],
+def run_crash_saver(writer: str, folder: Path, kills: int, seed: int) -> dict:
+    done = subprocess.run([sys.executable, str(CRASH_SAVER), writer, str(folder), str(kills), str(seed)],
                           capture_output=True, text=True, check=False, timeout=1200)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_killed_saves_leave_the_old_or_the_new_artifact(tmp_path):
-    """100 SIGKILLs at random points of a frozen-decoder save (19 MB of encoder weights, two artifacts that differ
-    in weights and config written in turn): after each, what is on disk loads, checksum verified, and is one of
-    the two whole; no temporary file or journal stays behind."""
-    report = run_crash_saver(tmp_path / "artifact", kills=100, seed=0)
-    assert report["outcomes"] == {"old_or_new": 100}, report["outcomes"]
+# 100 SIGKILLs in all, spread over the three writers.
+KILLS = {"frozen_decoder": 40, "multi_encoder": 30, "dect_cache": 30}
+
+
+@pytest.mark.parametrize("writer", KILLS)
+def test_killed_writers_lose_nothing_and_leave_no_temporary_file(writer, tmp_path):
+    """SIGKILLs at random points of a frozen-decoder save (two artifacts that differ in weights and config written
+    in turn), a multi-encoder save (two tasks) and DecT cache writes: after each, what is on disk loads, checksum
+    verified, and is one of the versions written, whole; no cache entry written before the kill is lost; no
+    temporary file (ours, safetensors' own, or a journal) stays behind once the folder is read."""
+    report = run_crash_saver(writer, tmp_path / "folder", kills=KILLS[writer], seed=0)
+    assert report["outcomes"] == {"whole": KILLS[writer]}, report["outcomes"]
     assert report["left_behind"] == []
-    assert report["tmp_found"] > 0, "some kills must land inside a save for the test to mean anything"
+    assert report["killed_with_temporary_files"] > 0, "some kills must land inside a write to mean anything"
 
 
 @pytest.mark.slow
-def test_killed_saves_leave_the_old_or_the_new_artifact_many_times(tmp_path):
-    report = run_crash_saver(tmp_path / "artifact", kills=1000, seed=1)
-    assert report["outcomes"] == {"old_or_new": 1000}, report["outcomes"]
-    assert report["left_behind"] == [] and report["journal_found"] > 0
+@pytest.mark.parametrize("writer", KILLS)
+def test_killed_writers_lose_nothing_and_leave_no_temporary_file_many_times(writer, tmp_path):
+    report = run_crash_saver(writer, tmp_path / "folder", kills=1000, seed=1)
+    assert report["outcomes"] == {"whole": 1000}, report["outcomes"]
+    assert report["left_behind"] == []
 
 
 def test_a_save_killed_after_its_commit_point_is_finished_by_the_next_reader(tmp_path, monkeypatch):
