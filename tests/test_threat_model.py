@@ -132,8 +132,9 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_load(tmp_path
     get_frozen_model(tiny_model("t5"), FrozenDecoderConfig()).save_pretrained(tmp_path / "artifact")
     cache = QueryCache(tmp_path / "cache")
     cache.put("cd" * 32, np.ones(4, dtype=np.float32), None)
-    left = [tmp_path / "artifact" / ".tmpAb12Cd", tmp_path / "artifact" / f".hf_frozen.{WEIGHTS_NAME}.{dead}.x.tmp",
-            tmp_path / "cache" / "cd" / ".tmpZz99Yy", tmp_path / "cache" / "cd" / f".hf_frozen.e.{dead}.y.tmp"]  # fmt: skip
+    artifact, shard = tmp_path / "artifact", tmp_path / "cache" / "cd"
+    left = [artifact / ".tmpAb12Cd", artifact / f".hf_frozen.{WEIGHTS_NAME}.{dead}.x.tmp", shard / ".tmpZz99Yy",
+            shard / f".hf_frozen.e.{dead}.y.tmp"]  # fmt: skip
     for path in left:
         path.write_bytes(b"left by a killed writer")
     AutoFrozenModel.from_pretrained(tmp_path / "artifact", base_model=tiny_model("t5"))

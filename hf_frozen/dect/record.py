@@ -56,22 +56,18 @@ class DecTRecord(AdapterRecord):
     def check(self) -> str | None:
         kinds = ("masked_lm", "causal_lm", "seq2seq_lm", "encoder", "endpoint", "callable")  # backbones/
         weight = self.zero_shot_weight
-        problems = {
-            f"it records the backbone kind {self.backbone_kind!r}, which is none of {list(kinds)}": self.backbone_kind
-            not in (None, *kinds),
-            f"`hidden_size` must be from 1 to {MAX_HIDDEN_SIZE}, got {self.hidden_size!r}": self.hidden_size
-            is not None
-            and not 0 < self.hidden_size <= MAX_HIDDEN_SIZE,
-            f"`zero_shot_weight` must be a number >= 0 or 'prompt_only', got {weight!r}": isinstance(weight, str)
-            and weight != "prompt_only"
-            or isinstance(weight, (int, float))
-            and weight < 0,
-            f"`steps` must be >= 0, got {self.steps!r}": self.steps is not None and self.steps < 0,
-            f"`head_type` must be 'prototype' or 'linear', got {self.head_type!r}": self.head_type
-            not in (None, "prototype", "linear"),
-            f"`regularization` must be > 0, got {self.regularization!r}": self.regularization is not None
-            and self.regularization <= 0,
-            f"`scaling` must be 'per_dimension' or 'global', got {self.scaling!r}": self.scaling
-            not in (None, "per_dimension", "global"),  # head.FEATURE_SCALINGS (head.py needs torch; this does not)
-        }
-        return next((problem for problem, found in problems.items() if found), None) or super().check()
+        if self.backbone_kind not in (None, *kinds):
+            return f"it records the backbone kind {self.backbone_kind!r}, which is none of {list(kinds)}"
+        if self.hidden_size is not None and not 0 < self.hidden_size <= MAX_HIDDEN_SIZE:
+            return f"`hidden_size` must be from 1 to {MAX_HIDDEN_SIZE}, got {self.hidden_size!r}"
+        if weight is not None and (weight != "prompt_only" if isinstance(weight, str) else weight < 0):
+            return f"`zero_shot_weight` must be a number >= 0 or 'prompt_only', got {weight!r}"
+        if self.steps is not None and self.steps < 0:
+            return f"`steps` must be >= 0, got {self.steps!r}"
+        if self.head_type not in (None, "prototype", "linear"):
+            return f"`head_type` must be 'prototype' or 'linear', got {self.head_type!r}"
+        if self.regularization is not None and self.regularization <= 0:
+            return f"`regularization` must be > 0, got {self.regularization!r}"
+        if self.scaling not in (None, "per_dimension", "global"):  # head.FEATURE_SCALINGS (head.py needs torch)
+            return f"`scaling` must be 'per_dimension' or 'global', got {self.scaling!r}"
+        return super().check()
