@@ -144,7 +144,7 @@ def finish_interrupted_save(folder: str | os.PathLike) -> None:
     for name, tmp_name in journal.items():
         with contextlib.suppress(FileNotFoundError):  # another process may have renamed it already
             os.replace(os.path.join(folder, tmp_name), os.path.join(folder, name))
-    if journal or os.path.lexists(journal_path):
+    if journal:
         _remove_quietly(journal_path)
     remove_dead_temporary_files(folder)
 
