@@ -17,7 +17,8 @@ def test_head_learns_from_hidden_states_when_the_prompt_is_noise():
     assert dect.record.zero_shot_weight in (0.0, 0.1, 0.3), dect.cv_results
     assert dect.cv_results["prompt_only"]["loss"] > dect.cv_results[dect.cv_choice]["loss"]
     assert dect.evaluate(sentiment(200, seed=1))["accuracy"] > 0.9
-    assert dect.fit_seconds["training"] < 5
+    # The fit reports its times (never asserted here: a loaded machine saw 55 s; the floor is bench/'s).
+    assert set(dect.fit_seconds) == {"extraction", "training", "total"}
 
 
 def test_weight_selection_keeps_the_prompt_when_it_is_better():
