@@ -64,6 +64,9 @@ class AdapterRecord:
     # Record field -> the key hf-frozen 0.1 wrote it under in the config, for artifacts that have no record file.
     LEGACY_KEYS: ClassVar[dict[str, str]] = {}
 
+    # Fields that hold a SHA-256 in hex when set: a record read from a file is refused otherwise.
+    SHA256_FIELDS: ClassVar[tuple[str, ...]] = ("weights_sha256",)
+
     # SHA-256 of the weights file saved with this record, checked on load (unset in artifacts of hf-frozen 0.1).
     weights_sha256: str | None = None
 
@@ -97,8 +100,10 @@ class AdapterRecord:
 
     def check(self) -> str | None:
         """What is wrong with the values of a record read from a file (each field has its type already), or None."""
-        if self.weights_sha256 is not None and not re.fullmatch("[0-9a-f]{64}", self.weights_sha256):
-            return f"`weights_sha256` must be a SHA-256 in hex, got {self.weights_sha256!r:.80}"
+        for name in self.SHA256_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not re.fullmatch("[0-9a-f]{64}", value):
+                return f"`{name}` must be a SHA-256 in hex, got {value!r:.80}"
         return None
 
 

@@ -167,11 +167,12 @@ class MultiEncoderModel(FrozenDecoderBase):
         artifact: Any,
         revision: str | None,
         token: str | bool | None,
-        expected: tuple[FrozenDecoderConfig, str | None] | None = None,
+        read_back: bool = False,
     ) -> None:
         """Build, check and register the encoder of `artifact` under `name` (what `add_task` does, less eviction).
 
-        `expected`: when reading back an evicted task, the (config, weights checksum) registered when it was added.
+        `read_back`: an evicted task is being read back; its weights and config must be those registered when it
+        was added.
         """
         if isinstance(artifact, FrozenDecoderModel):
             config, record, tensors = artifact.frozen_config, artifact.record, artifact.encoder_state_dict()
@@ -179,8 +180,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         else:
             source = str(artifact)
             config, record, tensors = load_encoder_artifact(artifact, revision=revision, token=token)
-            read_back = (config.to_dict(), record.weights_sha256)
-            if expected is not None and read_back != (expected[0].to_dict(), expected[1]):
+            if read_back and self._changed_since_added(name, config, record):
                 raise ArtifactError(
                     f"Task {name!r}: {source} changed after the task was added (its weights or config differ from "
                     "those read then), so it is not served. Add the task again (`add_task(name, folder, "
@@ -208,6 +208,11 @@ class MultiEncoderModel(FrozenDecoderBase):
             self._sources.pop(name, None)  # an in-memory model cannot be read back: it stays resident
         else:
             self._sources[name] = (artifact, revision, token)
+
+    def _changed_since_added(self, name: str, config: FrozenDecoderConfig, record: FrozenDecoderRecord) -> bool:
+        """Whether an artifact read back for `name` differs from what was registered when the task was added."""
+        registered = self.task_configs[name], self.task_records[name]
+        return (config.to_dict(), record.weights_sha256) != (registered[0].to_dict(), registered[1].weights_sha256)
 
     def _register(
         self, name: str, encoder: nn.Module, config: FrozenDecoderConfig, record: FrozenDecoderRecord, serving: bool
@@ -264,8 +269,7 @@ class MultiEncoderModel(FrozenDecoderBase):
         refused unless its weights and config are exactly those registered when it was added)."""
         for name in names:
             if not self._resident(name):
-                registered = (self.task_configs[name], self.task_records[name].weights_sha256)
-                self._load_task(name, *self._sources[name], expected=registered)
+                self._load_task(name, *self._sources[name], read_back=True)
         self._residency.touch(names)
 
     def _evict(self, keep: set[str] = frozenset()) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from ..config import AdapterRecord
 
@@ -20,16 +19,10 @@ class FrozenDecoderRecord(AdapterRecord):
             (`utils.fingerprint.numeric_config`); unset in artifacts of hf-frozen 0.1.
     """
 
+    SHA256_FIELDS = ("weights_sha256", "decoder_fingerprint", "frozen_encoder_fingerprint")
     LEGACY_KEYS = {"decoder_fingerprint": "decoder_fingerprint",
                    "frozen_encoder_fingerprint": "frozen_encoder_fingerprint"}  # fmt: skip
 
     decoder_fingerprint: str | None = None
     frozen_encoder_fingerprint: str | None = None
     base_config: dict | None = None
-
-    def check(self) -> str | None:
-        for name in ("decoder_fingerprint", "frozen_encoder_fingerprint"):
-            value = getattr(self, name)
-            if value is not None and not re.fullmatch("[0-9a-f]{64}", value):
-                return f"`{name}` must be a SHA-256 in hex, got {value!r:.80}"
-        return super().check()
