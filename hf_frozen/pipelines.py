@@ -16,6 +16,7 @@ right pipeline for any hf-frozen model or artifact id, with the task names users
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -108,6 +109,20 @@ class DecTClassificationPipeline(Pipeline):
     def preprocess(self, inputs: Any) -> dict[str, Any]:
         text, pair = self._text_and_pair(inputs)
         return {"texts": [text], "text_pairs": None if pair is None else [pair]}
+
+    def get_iterator(self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict,
+                     forward_params: dict, postprocess_params: dict) -> Iterator[Any]:  # fmt: skip
+        """`batch_size` texts per `_forward`. transformers' own batching pads token ids with the tokenizer, which a
+        DecT pipeline does not hold (the backbone has it, or is an API): its inputs are texts, joined here."""
+        items = list(inputs)
+        for start in range(0, len(items), batch_size):
+            batch = [self.preprocess(item, **preprocess_params) for item in items[start : start + batch_size]]
+            pairs = [pair for b in batch for pair in (b["text_pairs"] or [None])]
+            joined = {"texts": [t for b in batch for t in b["texts"]],
+                      "text_pairs": None if all(p is None for p in pairs) else pairs}  # fmt: skip
+            logits = self.forward(joined, **forward_params)["logits"]
+            for row in range(len(batch)):
+                yield self.postprocess({"logits": logits[row : row + 1]}, **postprocess_params)
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"logits": self.model.decision_scores(model_inputs["texts"], model_inputs["text_pairs"])}

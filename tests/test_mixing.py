@@ -99,3 +99,25 @@ def test_an_endless_stream_for_max_steps_training(tmp_path):
 def test_non_finite_or_boolean_temperature(temperature):
     with pytest.raises(ValueError, match="`temperature` must be a positive number"):
         mix_tasks({"a": Dataset.from_dict({"x": [1]})}, temperature=temperature)
+
+
+def test_task_streams_mix_with_the_same_shares_as_datasets():
+    """`mix_tasks` on `IterableDataset`s raised "object of type 'IterableDataset' has no len()". A stream gets the
+    same task at every position as the `Dataset` of the same rows, counted or given its size; rows keep their
+    stream's order, and a stream that runs out starts again."""
+    from datasets import IterableDataset
+
+    tasks = {"big": Dataset.from_dict({"x": list(range(400))}), "small": Dataset.from_dict({"x": list(range(100))})}
+    streams = {name: IterableDataset.from_generator(lambda d=d: iter(d)) for name, d in tasks.items()}
+    expected = mix_tasks(tasks, seed=3)["task"]
+    for mixed in (mix_tasks(streams, seed=3), mix_tasks(streams, seed=3, sizes={"big": 400, "small": 100})):
+        rows = list(mixed)
+        assert [r["task"] for r in rows] == expected
+        small = [r["x"] for r in rows if r["task"] == "small"]
+        assert small[:100] == list(range(100)) and small[100:] == list(range(len(small) - 100))
+    endless = mix_tasks(streams, seed=3, endless=True)
+    first = [r["task"] for _, r in zip(range(2000), endless, strict=False)]
+    assert first[: len(expected)] == expected
+    assert Counter(first)["big"] / 2000 == pytest.approx(math.sqrt(400) / (math.sqrt(400) + math.sqrt(100)), abs=0.01)
+    mixed = mix_tasks({"big": streams["big"], "small": tasks["small"]}, seed=3)  # a stream beside a dataset
+    assert [r["task"] for r in mixed] == expected

@@ -120,3 +120,16 @@ def test_multi_encoder_pipeline_takes_a_task(frozen):
 def test_pipeline_refuses_other_models():
     with pytest.raises(TypeError, match="transformers.pipeline"):
         pipeline("summarization", model=tiny_model("t5"))
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_dect_pipeline_batches(dect, batch_size):
+    """transformers' batching pads token ids with a tokenizer the DecT pipeline does not hold: it failed with
+    "Pipeline without tokenizer ... cannot do batching". Batched answers equal unbatched ones."""
+    pipe = pipeline("text-classification", model=dect)
+    texts = tiny_dect.sentiment(7, seed=11)["text"]
+    unbatched = pipe(texts, top_k=None)
+    batched = pipe(texts, top_k=None, batch_size=batch_size)
+    assert [[r["label"] for r in rows] for rows in batched] == [[r["label"] for r in rows] for rows in unbatched]
+    for rows_b, rows_u in zip(batched, unbatched, strict=True):
+        assert [r["score"] for r in rows_b] == pytest.approx([r["score"] for r in rows_u], abs=1e-6)

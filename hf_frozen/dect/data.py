@@ -50,6 +50,16 @@ def as_columns(dataset: Any) -> Any:
     )
 
 
+def is_table(data: Any) -> bool:
+    """Whether `data` is a table of columns (a `Dataset`, `IterableDataset`, DataFrame, dict of columns or list of row
+    dicts) rather than a sequence of texts (a list, a tuple, a pandas Series, a numpy array)."""
+    if isinstance(data, (dict, IterableDataset, DatasetDict, IterableDatasetDict)) or hasattr(data, "column_names"):
+        return True
+    if hasattr(data, "columns") and hasattr(data, "to_dict"):  # a DataFrame (a Series has no `columns`)
+        return True
+    return isinstance(data, list) and bool(data) and all(isinstance(row, dict) for row in data)
+
+
 def _columns(dataset: Any) -> set[str]:
     names = dataset.column_names if hasattr(dataset, "column_names") else list(dataset)
     return set(names if isinstance(names, list) else [])

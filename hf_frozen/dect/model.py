@@ -25,7 +25,7 @@ from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, Endpoint, build_backbone, load_backbone
 from .cache import CachedQueries
 from .config import DecTConfig
-from .data import read_examples
+from .data import is_table, read_examples
 from .head import DecTHead, LinearHead, fit_linear_head, train_head
 from .record import DecTRecord
 from .selection import PROMPT_ONLY, choose_head_settings
@@ -236,9 +236,23 @@ class DecTModel(CachedQueries, HubMixin):
         with torch.no_grad():
             return self.head(hidden, scores).logits
 
-    def predict(self, texts: str | Sequence[str], text_pairs: Sequence[str | None] | None = None) -> list[str]:
-        """Class names for raw texts (one query per text not yet cached)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+    def predict(self, texts: Any, text_pairs: Sequence[str | None] | None = None) -> list[str]:
+        """Class names, one per text (one query per text not yet cached).
+
+        Args:
+            texts: a text; a sequence of texts (list, tuple, pandas Series, numpy array); or a table read through
+                the configured columns (`datasets.Dataset` or `IterableDataset`, DataFrame, dict of columns, list
+                of row dicts), its labels ignored. Every shape of the same texts gives the same predictions.
+            text_pairs: the second texts of a pair template, for a sequence of texts.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        elif is_table(texts):
+            if text_pairs is not None:
+                raise ValueError("A table carries its own text pairs (`text_pair_column`): pass no `text_pairs`.")
+            texts, text_pairs, _ = read_examples(texts, self.config, need_labels=False)
+        else:
+            texts = list(texts)
         predicted = self.decision_scores(texts, text_pairs).argmax(-1).tolist()
         return [self.config.labels[i] for i in predicted]
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from ..registry import register_adapter
 from ..utils.fingerprint import numeric_config
 from ..utils.hub import build_model_card, hub_id, loading_recorded_base
-from ..utils.zero3 import any_partitioned
+from ..utils.zero3 import any_partitioned, full_numel
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
@@ -296,7 +296,9 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
         config = self.frozen_config
         base = config.base_model_name_or_path or "unknown"
         base_link = f"[`{base}`](https://huggingface.co/{base})" if hub_id(base) else f"`{base}`"
-        trainable, total = self.get_nb_trainable_parameters()
+        # What the artifact trains, counted from its tensors: a model loaded for inference has nothing trainable.
+        trainable = sum(full_numel(t) for t in self.encoder_state_dict().values())
+        total = self.get_nb_trainable_parameters()[1]
         peft = peft_adapter_config(config, self.encoder_prefix) is not None
         body = f"""
 # Frozen-decoder task encoder
@@ -306,7 +308,7 @@ decoder, decoder embeddings and LM head are the unchanged ones of {base_link}, s
 one decoder.
 
 - Encoder training: `{config.encoder_training}` (encoder input embeddings trained: `{config.train_encoder_embeddings}`)
-- Trainable parameters: {trainable:,d} of {total:,d}
+- Trained parameters (the artifact's): {trainable:,d} of {total:,d}
 - Decoder fingerprint (SHA-256): `{self.record.decoder_fingerprint}`
 
 ## Usage

@@ -80,3 +80,24 @@ def test_transformers_logging_switches_govern_hf_frozen(capfd, caplog):
     finally:
         transformers_logging.enable_progress_bar()
         transformers_logging.set_verbosity(previous)
+
+
+def test_predict_gives_the_same_answers_for_data_in_any_shape():
+    """A DataFrame was read as its column names, and a `Dataset` refused: every natural shape of the same texts now
+    gives the same predictions."""
+    from datasets import IterableDataset
+
+    dect = make("callable")
+    dect.fit(sentiment(16))
+    data = sentiment(10, seed=3)
+    texts = list(data["text"])
+    expected = dect.predict(texts)
+    frame = data.to_pandas()
+    shapes = {
+        "tuple": tuple(texts), "Dataset": data, "DataFrame": frame, "Series": frame["text"],
+        "numpy": frame["text"].to_numpy(), "dict": {"text": texts}, "rows": [{"text": t} for t in texts],
+        "IterableDataset": IterableDataset.from_generator(lambda: ({"text": t} for t in texts)),
+    }  # fmt: skip
+    for shape, value in shapes.items():
+        assert dect.predict(value) == expected, shape
+    assert len(expected) == 10

@@ -144,3 +144,15 @@ def test_a_base_whose_decoder_config_differs_is_refused(tmp_path):
         AutoFrozenModel.from_pretrained(artifact, base_model=other)
     same = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5-base", dropout_rate=0.3)  # training-only
     AutoFrozenModel.from_pretrained(artifact, base_model=same)
+
+
+def test_a_reloaded_models_card_counts_the_trained_parameters(tmp_path):
+    """A model loaded for inference has nothing trainable; its card still tells what the artifact trained (it said
+    "Trainable parameters: 0 of ...")."""
+    model = get_frozen_model(tiny_model("t5"), FrozenDecoderConfig(encoder_training="lora", lora_r=4))
+    trained = model.get_nb_trainable_parameters()[0]
+    model.save_pretrained(tmp_path / "artifact")
+    reloaded = AutoFrozenModel.from_pretrained(tmp_path / "artifact", base_model=tiny_model("t5"))
+    assert reloaded.get_nb_trainable_parameters()[0] == 0
+    for card in (model.model_card(), reloaded.model_card()):
+        assert f"Trained parameters (the artifact's): {trained:,d} of " in card
