@@ -36,7 +36,13 @@ def get_frozen_model(model: Any, config: FrozenAdapterConfig, **kwargs: Any) -> 
             "`config` must be an hf-frozen adapter config (FrozenDecoderConfig, DecTConfig), "
             f"got {type(config).__name__}."
         )
-    return get_adapter(config.ADAPTER_TYPE).model_class.from_base_model(model, config, **kwargs)
+    model_class = get_adapter(config.ADAPTER_TYPE).model_class
+    if not hasattr(model_class, "from_base_model"):
+        raise TypeError(
+            f"{type(config).__name__} describes a saved {model_class.__name__}, not an adapter to apply: build one "
+            f"with `{model_class.__name__}`, or load a saved one with `AutoFrozenModel.from_pretrained`."
+        )
+    return model_class.from_base_model(model, config, **kwargs)
 
 
 class AutoFrozenModel:
@@ -66,9 +72,8 @@ class AutoFrozenModel:
                 f"{path} has no `adapter_type` string (got {adapter_type!r:.40}): it was not written by hf-frozen."
             )
         try:
-            model_class = get_adapter(adapter_type).model_class
+            adapter = get_adapter(adapter_type)
         except ValueError as err:
             raise ArtifactError(f"{path}: {err}") from None
-        return model_class.from_pretrained(
-            path_or_repo_id, base_model=base_model, revision=revision, token=token, **kwargs
-        )
+        load = adapter.load or adapter.model_class.from_pretrained
+        return load(path_or_repo_id, base_model=base_model, revision=revision, token=token, **kwargs)

@@ -255,22 +255,37 @@ def save_adapter_files(
     """Write an artifact's weights, record (with the weights' checksum), config and `extra_files` (name -> text)
     as one set: after a crash at any point, a reader finds the previous artifact or this one, whole (see
     `utils/io.py`). Other files in the folder are kept."""
+    write_files_together(save_directory, adapter_file_writers(tensors, config, record, extra_files))
+
+
+def adapter_file_writers(
+    tensors: dict[str, Any],
+    config: FrozenAdapterConfig,
+    record: AdapterRecord,
+    extra_files: dict[str, str] | None = None,
+    on_checksum: Any = None,
+) -> dict[str, Any]:
+    """The files of one artifact, file name -> `write(path)`, for `write_files_together`. The record's
+    `weights_sha256` is taken while the weights are written (they are written first); `on_checksum(sha256)` is
+    then called too (a multi-encoder set's manifest collects them)."""
     record = dataclasses.replace(record)
     write_weights = tensor_writer(tensors, {"adapter_type": config.ADAPTER_TYPE})
 
     def write_weights_and_checksum(path: str) -> None:
         write_weights(path)
         record.weights_sha256 = sha256_file(path)
+        if on_checksum is not None:
+            on_checksum(record.weights_sha256)
 
-    write_files_together(save_directory, {
+    return {
         WEIGHTS_NAME: write_weights_and_checksum,
-        RECORD_NAME: lambda path: _write_text(path, record.to_json_string()),
-        CONFIG_NAME: lambda path: _write_text(path, config.to_json_string()),
-        **{name: functools.partial(_write_text, text=text) for name, text in (extra_files or {}).items()},
-    })  # fmt: skip
+        RECORD_NAME: lambda path: write_text(path, record.to_json_string()),
+        CONFIG_NAME: lambda path: write_text(path, config.to_json_string()),
+        **{name: functools.partial(write_text, text=text) for name, text in (extra_files or {}).items()},
+    }
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 

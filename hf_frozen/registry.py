@@ -8,21 +8,29 @@ Each adapter's model module registers it on import; the built-in ones are import
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 # Built-in adapter types and the modules that register them.
-BUILTIN_ADAPTERS = {"frozen_decoder": "hf_frozen.frozen_decoder.model", "dect": "hf_frozen.dect.model"}
+BUILTIN_ADAPTERS = {
+    "frozen_decoder": "hf_frozen.frozen_decoder.model",
+    "dect": "hf_frozen.dect.model",
+    "multi_encoder": "hf_frozen.frozen_decoder.multi_encoder",
+}
 
 
 class AdapterType(NamedTuple):
     config_class: type
     model_class: type
+    # `load(path_or_repo_id, base_model=None, revision=None, token=None, **kwargs)`, what `AutoFrozenModel` calls;
+    # unset: `model_class.from_pretrained`.
+    load: Callable[..., Any] | None = None
 
 
 _ADAPTERS: dict[str, AdapterType] = {}
 
 
-def register_adapter(config_class: type, model_class: type) -> None:
+def register_adapter(config_class: type, model_class: type, load: Callable[..., Any] | None = None) -> None:
     """Register an adapter type under `config_class.ADAPTER_TYPE`.
 
     Example:
@@ -34,9 +42,9 @@ def register_adapter(config_class: type, model_class: type) -> None:
     if not name:
         raise ValueError(f"{config_class.__name__} must set the class attribute `ADAPTER_TYPE`.")
     registered = _ADAPTERS.get(name)
-    if registered is not None and registered != (config_class, model_class):
+    if registered is not None and registered != (config_class, model_class, load):
         raise ValueError(f"Adapter type {name!r} is already registered to {registered.config_class.__name__}.")
-    _ADAPTERS[name] = AdapterType(config_class, model_class)
+    _ADAPTERS[name] = AdapterType(config_class, model_class, load)
 
 
 def get_adapter(name: str) -> AdapterType:

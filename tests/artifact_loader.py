@@ -9,8 +9,9 @@ stdout, so that one Python start serves many loads.
 
 Every answer carries `sockets`: the socket operations attempted so far (each one refused), which must stay 0.
 KINDS: `frozen_decoder` (full encoder), `lora` (encoder LoRA), `multi_encoder` (a full artifact added as a task),
-`dect` (a head on a tiny masked LM) and `dect_unaided` (the same head loaded with no backbone given: loading
-then uses what the artifact records, a callable's name, an endpoint's URL or a backbone's id).
+`task_set` (a multi-encoder set of two tasks), `dect` (a head on a tiny masked LM) and `dect_unaided` (the same
+head loaded with no backbone given: loading then uses what the artifact records, a callable's name, an endpoint's
+URL or a backbone's id).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def fingerprint(model, kind: str) -> str:
             tensors["calibration"] = model.calibration
     elif kind == "multi_encoder":
         tensors = model._task_tensors("task")
+    elif kind == "task_set":
+        tensors = {f"{task}.{k}": v for task in model.task_configs for k, v in model._task_tensors(task).items()}
     else:
         tensors = model.encoder_state_dict()
     return fingerprint_tensors({k: v.detach().float() for k, v in tensors.items()})
@@ -74,6 +77,15 @@ def make(kind: str, folder: str):
         dect.fit(tiny_dect.sentiment(8))
         dect.save_pretrained(folder)
         return fingerprint(dect, kind)
+    if kind == "task_set":
+        model = MultiEncoderModel.for_training(copy.deepcopy(BASE), ["a", "b"])
+        with torch.no_grad():
+            torch.manual_seed(2)
+            for task in model.task_configs:
+                for tensor in model._task_tensors(task).values():
+                    tensor.add_(torch.randn_like(tensor) * 0.1)
+        model.save_pretrained(folder)
+        return fingerprint(model, kind)
     model = get_frozen_model(copy.deepcopy(BASE), CONFIGS[kind])
     with torch.no_grad():
         torch.manual_seed(1)
@@ -90,6 +102,8 @@ def load(kind: str, folder: str):
         return AutoFrozenModel.from_pretrained(folder)
     if kind == "multi_encoder":
         return MultiEncoderModel.from_pretrained(copy.deepcopy(BASE), {"task": folder})
+    if kind == "task_set":
+        return MultiEncoderModel.from_pretrained(copy.deepcopy(BASE), folder)
     return AutoFrozenModel.from_pretrained(folder, base_model=copy.deepcopy(BASE))
 
 

@@ -6,7 +6,8 @@ Python start.
 
 WRITER is what the child writes in a loop until it is killed:
 - `frozen_decoder`: two frozen-decoder artifacts (19 MB of encoder weights each, different configs), in turn;
-- `multi_encoder`: a `MultiEncoderModel` of two tasks, saved with one set of weights then the other, in turn;
+- `multi_encoder`: a `MultiEncoderModel` of two tasks, saved with one set of weights then the other, in turn (the
+  set is one artifact: both tasks must be of one version);
 - `dect_cache`: DecT query-cache entries (800 KB each), one after another, each key once.
 
 After each kill the folder is read as a user would (which finishes a committed save and removes dead writers'
@@ -35,6 +36,7 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from hf_frozen import FrozenDecoderConfig, MultiEncoderModel, get_frozen_model  # noqa: E402
 from hf_frozen.dect.cache import QueryCache  # noqa: E402
 from hf_frozen.frozen_decoder.artifact import load_encoder_artifact  # noqa: E402
+from hf_frozen.frozen_decoder.task_set import check_task_checksums, load_task_set  # noqa: E402
 from hf_frozen.utils.io import JOURNAL_NAME  # noqa: E402
 
 # Ours (`.hf_frozen.<name>.<pid>.<random>.tmp`), safetensors' own (`.tmpXXXXXX`) and the journal.
@@ -95,11 +97,14 @@ class MultiEncoderWriter:
         self.model.save_pretrained(self.folder)
 
     def outcome(self) -> str:
+        """The set is one artifact: both tasks of the same version, checked against the set's manifest."""
+        _, record, folder = load_task_set(self.folder)  # finishes a committed save
+        found = []
         for task in "ab":
-            _, _, tensors = load_encoder_artifact(os.path.join(self.folder, task))
-            if not any(same(version[task], tensors) for version in self.versions):
-                return f"task {task} mixed"
-        return "whole"
+            _, task_record, tensors = load_encoder_artifact(os.path.join(folder, task))
+            check_task_checksums(record, {task: task_record}, folder)
+            found.append([v for v, version in enumerate(self.versions) if same(version[task], tensors)])
+        return "whole" if found in ([[0], [0]], [[1], [1]]) else f"mixed set: versions {found}"
 
 
 class CacheWriter:

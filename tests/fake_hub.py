@@ -30,3 +30,12 @@ class FakeHub:
 
             raise EntryNotFoundError(f"{filename} not in {repo_id}")
         return str(path)
+
+    def snapshot(self, repo_id, revision=None, token=None):
+        """`snapshot_download`: the whole repo as a local folder."""
+        path = self.root / repo_id
+        if not path.is_dir():
+            from huggingface_hub.errors import RepositoryNotFoundError
+
+            raise RepositoryNotFoundError(f"{repo_id} not found")
+        return str(path)

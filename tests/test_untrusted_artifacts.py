@@ -25,7 +25,7 @@ from hf_frozen.config import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME
 from hf_frozen.utils.io import JOURNAL_NAME
 
 LOADER = Path(__file__).resolve().parent / "artifact_loader.py"
-KINDS = ("frozen_decoder", "lora", "multi_encoder", "dect", "dect_unaided")
+KINDS = ("frozen_decoder", "lora", "multi_encoder", "task_set", "dect", "dect_unaided")
 FILES = (CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME)
 
 
@@ -70,8 +70,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-names = st.sampled_from(["config", "record", "weights", "journal", "new"])
-crafted_targets = st.sampled_from(["../outside/victim.txt", "{outside}/victim.txt", "../../etc", "", ".", "..",
+crafted_targets = st.sampled_from(["a/.hf_frozen.{file}.1.abc.tmp", "a/../../outside/victim.txt",
+                                   "../outside/victim.txt", "{outside}/victim.txt", "../../etc", "", ".", "..",
                                    ".hf_frozen.{name}.1.abc.tmp", ".hf_frozen.{name}.999999.x_y.tmp", "a/b",
                                    "{outside}/secret.safetensors", ".hf_frozen.{name}.1.link.tmp"])  # fmt: skip
 plain_names = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1,
@@ -87,8 +87,9 @@ mutations = st.one_of(
     st.tuples(st.just("bytes"), st.sampled_from(FILES), st.sampled_from(["truncate", "flip", "append"]),
               st.floats(0, 1)),
     st.tuples(st.just("header"), json_values, st.integers(0, 2**64 - 1) | st.none()),
-    st.tuples(st.just("journal"), st.dictionaries(st.sampled_from(FILES) | plain_names, crafted_targets, min_size=1,
-                                                  max_size=3)),
+    st.tuples(st.just("journal"), st.dictionaries(st.sampled_from(FILES) | plain_names | st.sampled_from(
+        [f"a/{WEIGHTS_NAME}", f"b/{CONFIG_NAME}", "a/../x", "../a/x", "a/b/c"]), crafted_targets, min_size=1,
+        max_size=3)),
     st.tuples(st.just("link"), st.sampled_from(FILES), st.sampled_from(["victim.txt", "secret.safetensors", "copy"])),
     st.tuples(st.just("extra"), plain_names, st.binary(max_size=64)),
     st.tuples(st.just("delete"), st.sampled_from(FILES)),
@@ -127,12 +128,13 @@ def mutate(folder: Path, outside: Path, mutation: tuple) -> None:
         (entries,) = args
         journal = {}
         for name, target in entries.items():
-            target = target.format(outside=outside, name=name)
+            target = target.format(outside=outside, name=name, file=name.rpartition("/")[2])
             if target.endswith(".link.tmp") and "/" not in target:  # a link of ours' shape, pointing outside
                 _remove(folder / target)
                 os.symlink(outside / "victim.txt", folder / target)
-            elif target.startswith(".hf_frozen.") and "/" not in target:
-                (folder / target).write_bytes(b"staged")
+            elif target.rpartition("/")[2].startswith(".hf_frozen.") and (folder / target).parent.is_dir():
+                if ".." not in target:  # staged inside the folder or a task folder of a set
+                    (folder / target).write_bytes(b"staged")
             journal[name] = target
         _replace(folder / JOURNAL_NAME, json.dumps(journal).encode())
     elif kind == "link":
@@ -199,9 +201,10 @@ def check_untrusted_load(loader, pristine, kind: str, changes: list[tuple]) -> N
         shutil.copytree(pristine[kind][0], folder)
         outside.mkdir()
         (outside / "victim.txt").write_text("a file outside the artifact: it must never move or change")
-        shutil.copy(pristine[kind][0] / WEIGHTS_NAME, outside / "secret.safetensors")
+        weights = next(pristine[kind][0].rglob(WEIGHTS_NAME))  # a set's are in its task folders
+        shutil.copy(weights, outside / "secret.safetensors")
         for name in FILES:  # valid copies outside, so that a link to them would load if links were followed
-            shutil.copy(pristine[kind][0] / name, outside / f"copy-{name}")
+            shutil.copy(next(pristine[kind][0].rglob(name)), outside / f"copy-{name}")
         for change in changes:
             mutate(folder, outside, change)
         before = snapshot(sandbox, folder)

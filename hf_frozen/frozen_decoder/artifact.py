@@ -22,13 +22,15 @@ import json
 import os
 import re
 from itertools import chain
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import CONFIG_NAME, load_adapter_files, save_adapter_files
+from ..config import CONFIG_NAME, adapter_file_writers, load_adapter_files
 from ..errors import ArtifactError
 from ..utils.fingerprint import fingerprint_tensors
+from ..utils.io import write_files_together
 from ..utils.zero3 import full_copies, gathered
 from .base import BASE_PREFIX
 from .config import FrozenDecoderConfig
@@ -103,9 +105,21 @@ def save_encoder_artifact(
     """Write an artifact. Under ZeRO-3 call it on every process: the tensors are gathered, the main one writes."""
     tensors = full_copies(tensors)
     if is_main_process:
-        peft_config = peft_adapter_config(config, encoder_prefix)
-        extra = {PEFT_CONFIG_NAME: peft_config} if peft_config else None
-        save_adapter_files(save_directory, to_file_names(tensors), config, record, extra)
+        write_files_together(save_directory, encoder_artifact_writers(tensors, config, record, encoder_prefix))
+
+
+def encoder_artifact_writers(
+    tensors: dict[str, torch.Tensor],
+    config: FrozenDecoderConfig,
+    record: FrozenDecoderRecord,
+    encoder_prefix: str,
+    on_checksum: Any = None,
+) -> dict[str, Any]:
+    """The files of an artifact (file name -> `write(path)`), PEFT's `adapter_config.json` among them when PEFT
+    can load it; `on_checksum(sha256)` is called with the weights' checksum as they are written."""
+    peft_config = peft_adapter_config(config, encoder_prefix)
+    extra = {PEFT_CONFIG_NAME: peft_config} if peft_config else None
+    return adapter_file_writers(to_file_names(tensors), config, record, extra, on_checksum)
 
 
 def load_encoder_artifact(

@@ -114,17 +114,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[[str], None]]) -> None:
-    """Replace the files `writers` names in `folder` (name -> `write(tmp_path)`) as one set; see the module doc."""
+    """Replace the files `writers` names in `folder` (name -> `write(tmp_path)`) as one set; see the module doc.
+
+    A name is a file of `folder` or, for a set of artifacts, `<subfolder>/<file>` one level down (a multi-encoder
+    set's task folders): the whole set is then committed by one journal in `folder`.
+    """
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     finish_interrupted_save(folder)
+    for sub in {name.rpartition("/")[0] for name in writers} - {""}:
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        finish_interrupted_save(os.path.join(folder, sub))  # a save of that artifact alone, cut short
     staged: dict[str, str] = {}
     try:
         for name, write in writers.items():
-            staged[name] = _temporary_file(folder, name)
+            sub, _, file_name = name.rpartition("/")
+            staged[name] = _temporary_file(os.path.join(folder, sub), file_name)
             write(staged[name])
             _flush_to_disk(staged[name])
-        journal = {name: os.path.basename(tmp) for name, tmp in staged.items()}
+        journal = {name: os.path.relpath(tmp, folder) for name, tmp in staged.items()}
         atomic_write_text(os.path.join(folder, JOURNAL_NAME), json.dumps(journal))  # the commit point
     except BaseException:
         for tmp in staged.values():
@@ -146,7 +154,8 @@ def finish_interrupted_save(folder: str | os.PathLike) -> None:
             os.replace(os.path.join(folder, tmp_name), os.path.join(folder, name))
     if journal:
         _remove_quietly(journal_path)
-    remove_dead_temporary_files(folder)
+    for sub in {""} | {name.rpartition("/")[0] for name in journal}:
+        remove_dead_temporary_files(os.path.join(folder, sub))
 
 
 def remove_dead_temporary_files(folder: str | os.PathLike) -> None:
@@ -166,8 +175,9 @@ def remove_dead_temporary_files(folder: str | os.PathLike) -> None:
 def _read_journal(journal_path: str) -> dict[str, str]:
     """The entries of a journal exactly as `write_files_together` writes it; `{}` when there is none.
 
-    Refused, with an `ArtifactError` that names it: a journal that is not a JSON object of plain file names, each
-    mapped to a temporary file of ours for that same name which, where it still exists, is a regular file.
+    Refused, with an `ArtifactError` that names it: a journal that is not a JSON object of plain file names (or
+    `<subfolder>/<file>`, the subfolder a real folder, not a link), each mapped to a temporary file of ours for that
+    same name in the same folder which, where it still exists, is a regular file.
     """
     try:
         with open(journal_path, "rb") as f:
@@ -184,9 +194,15 @@ def _read_journal(journal_path: str) -> dict[str, str]:
         raise _bad_journal(journal_path, "it is not a JSON object of file names")
     folder = os.path.dirname(journal_path)
     for name, tmp_name in journal.items():
-        if not is_plain_name(name) or name == JOURNAL_NAME or name.startswith(_TMP_PREFIX):
+        sub, _, file_name = name.rpartition("/")
+        parts = [sub, file_name] if sub else [file_name]
+        if not all(is_plain_name(p) and p != JOURNAL_NAME and not p.startswith(_TMP_PREFIX) for p in parts) or (
+            sub and (os.path.islink(os.path.join(folder, sub)) or not os.path.isdir(os.path.join(folder, sub)))
+        ):
             raise _bad_journal(journal_path, f"its entry {name!r} is not a plain file name of the folder")
-        ours = rf"{re.escape(_TMP_PREFIX + name)}\.[0-9]+\.[A-Za-z0-9_]+{re.escape(_TMP_SUFFIX)}"
+        ours = re.escape(f"{sub}/" if sub else "") + (
+            rf"{re.escape(_TMP_PREFIX + file_name)}\.[0-9]+\.[A-Za-z0-9_]+{re.escape(_TMP_SUFFIX)}"
+        )
         if not isinstance(tmp_name, str) or not re.fullmatch(ours, tmp_name):
             raise _bad_journal(journal_path, f"its entry {name!r} names {tmp_name!r}, not a temporary file of ours")
         try:
