@@ -10,63 +10,36 @@ task encoders instead share one pass of the base encoder, each row group adding 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import re
 from itertools import chain
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import PreTrainedModel
 
 from ..errors import ArtifactError
 from ..registry import register_adapter
 from ..utils.fingerprint import numeric_config
-from ..utils.hub import build_model_card, loading_recorded_base
-from ..utils.zero3 import full_copies
 from .artifact import check_fingerprints, copy_artifact_tensors, frozen_encoder_fingerprint, load_encoder_artifact
 from .base import FrozenDecoderBase
 from .config import FrozenDecoderConfig
-from .freezing import apply_encoder_training, check_encoder_decoder, resolve_lora_targets, trainable_encoder_names
-from .mixed_lora import LoraAdapters, LoraParts, lora_parts, mixed_lora
+from .freezing import apply_encoder_training, check_encoder_decoder
+from .joint_training import JointTraining
+from .mixed_lora import LoraAdapters, LoraParts, lora_parts
 from .model import FrozenDecoderModel
 from .precision import cast_decoder_side, install_boundary_casts
 from .record import FrozenDecoderRecord
 from .residency import LeastRecentlyUsed
+from .routing import MixedTaskRouting
 from .sides import module_prefix
-from .task_set import MultiEncoderSetConfig, check_task_checksums, load_task_set, save_task_set
+from .task_names import MAX_TASK_NAME_BYTES, check_task_name
+from .task_set import MultiEncoderSetConfig, TaskSetPersistence
 
-_TASK_NAME = re.compile(r"[\w+=@][\w+=@-]*")
-# A task name names a folder: well under the 255 bytes a file name may have on common file systems.
-MAX_TASK_NAME_BYTES = 128
-# Names a `torch.nn.ModuleDict` already uses for itself (`parameters`, `training`, ...) cannot name a task.
-_TAKEN = frozenset(dir(nn.ModuleDict()))
+__all__ = ["MAX_TASK_NAME_BYTES", "MultiEncoderModel", "check_task_name"]
 
 
-def check_task_name(name: Any) -> None:
-    """Task names name folders and modules: word characters and `+ = @ -`, never a path or a dotted name."""
-    if isinstance(name, str) and _TASK_NAME.fullmatch(name) and name in _TAKEN:
-        raise ValueError(
-            f"The task name {name!r} is taken by the module that holds the task encoders "
-            "(`torch.nn.ModuleDict`): choose another, e.g. 'task_" + name + "'."
-        )
-    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
-        raise ValueError(
-            f"A task name must be letters, digits and '_', '+', '=', '@' or '-' (not first), got {name!r}: it names "
-            "the task's folder when saving and its module, so '/', '.' and spaces are refused. Example: "
-            "'summarize_cnn'."
-        )
-    if len(name.encode("utf-8")) > MAX_TASK_NAME_BYTES:
-        raise ValueError(
-            f"A task name names the task's folder, so it must be at most {MAX_TASK_NAME_BYTES} bytes; got one of "
-            f"{len(name.encode('utf-8'))} ({name[:40]!r}...). Choose a shorter name."
-        )
-
-
-class MultiEncoderModel(FrozenDecoderBase):
+class MultiEncoderModel(TaskSetPersistence, JointTraining, MixedTaskRouting, FrozenDecoderBase):
     """Serve many task encoders on one frozen decoder.
 
     Args:
@@ -114,58 +87,6 @@ class MultiEncoderModel(FrozenDecoderBase):
     @property
     def max_resident_encoders(self) -> int | None:
         return self._residency.capacity
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        base_model: PreTrainedModel | str | os.PathLike | None,
-        tasks: dict[str, Any] | str | os.PathLike | None = None,
-        max_resident_encoders: int | None = None,
-        **base_model_kwargs: Any,
-    ) -> MultiEncoderModel:
-        """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`, or a saved
-        set (a folder or Hub repo written by `save_pretrained` / `push_to_hub`; `base_model=None` then loads the
-        base the set records).
-
-        With `max_resident_encoders=K`, at most K of them stay in memory (see the class docstring): each is still
-        read and checked once here, so a broken artifact fails now rather than at its first request.
-        """
-        if isinstance(tasks, (str, os.PathLike)):
-            return cls.from_set(tasks, base_model, max_resident_encoders=max_resident_encoders, **base_model_kwargs)
-        if isinstance(base_model, (str, os.PathLike)):
-            base_model = AutoModelForSeq2SeqLM.from_pretrained(base_model, **base_model_kwargs)
-        model = cls(base_model, max_resident_encoders=max_resident_encoders,
-                    decoder_dtype=_tasks_decoder_dtype(tasks or {}))  # fmt: skip
-        for name, artifact in (tasks or {}).items():
-            model.add_task(name, artifact)
-        return model
-
-    @classmethod
-    def from_set(
-        cls,
-        path_or_repo_id: str | os.PathLike,
-        base_model: PreTrainedModel | str | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        max_resident_encoders: int | None = None,
-        **base_model_kwargs: Any,
-    ) -> MultiEncoderModel:
-        """Load a set saved by `save_pretrained` (a folder) or `push_to_hub` (a Hub repo, downloaded whole), onto
-        `base_model` or the base the set records. Every task's weights are checked against the set's manifest."""
-        set_config, set_record, folder = load_task_set(path_or_repo_id, revision, token)
-        if not isinstance(base_model, PreTrainedModel):
-            base_id = base_model or set_config.base_model_name_or_path
-            if not base_id:
-                raise ValueError(f"The set {path_or_repo_id} records no base model: pass `base_model=`.")
-            if base_id == set_config.base_model_name_or_path and set_config.revision:
-                base_model_kwargs.setdefault("revision", set_config.revision)
-            with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
-                base_model = AutoModelForSeq2SeqLM.from_pretrained(base_id, **base_model_kwargs)
-        model = cls(base_model, max_resident_encoders=max_resident_encoders, decoder_dtype=set_config.decoder_dtype)
-        for name in set_config.tasks:
-            model.add_task(name, os.path.join(folder, name))
-        check_task_checksums(set_record, model.task_records, folder)
-        return model
 
     # -- tasks ------------------------------------------------------------------------------------------------
 
@@ -342,226 +263,6 @@ class MultiEncoderModel(FrozenDecoderBase):
         unknown = sorted(set(tasks) - set(self.task_configs))
         if unknown:
             raise ValueError(f"Unknown task(s) {unknown}; this model serves {sorted(self.task_configs)}.")
-
-    # -- joint training of one encoder per task ---------------------------------------------------------------
-
-    @classmethod
-    def for_training(
-        cls, base_model: PreTrainedModel, tasks: list[str], config: FrozenDecoderConfig | None = None
-    ) -> MultiEncoderModel:
-        """One trainable encoder per task, all starting from the base encoder, on one frozen decoder.
-
-        Train it with the ordinary `Trainer` on a `mix_tasks` stream whose rows carry `task_ids`
-        (`model.add_task_ids(stream)`); each batch is routed example by example to its task's encoder.
-        `save_pretrained` then writes one frozen-decoder artifact per task.
-        """
-        if isinstance(tasks, str) or not tasks or len(set(tasks)) != len(tasks):
-            raise ValueError(f"`tasks` must be a non-empty list of distinct names, got {tasks!r}.")
-        for name in tasks:
-            check_task_name(name)
-        config = copy.deepcopy(config or FrozenDecoderConfig())
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
-        # The same trainable set as `FrozenDecoderModel`, read before the base model is frozen.
-        trainable = trainable_encoder_names(base_model, module_prefix(base_model, base_model.get_encoder()), config)
-        resolve_lora_targets(base_model.get_encoder(), config)
-        model = cls(base_model, decoder_dtype=config.decoder_dtype)
-        for name in tasks:
-            encoder = model._copy_encoder(config, trainable, trainable).train()
-            model._register(name, encoder, config, model._record_of(encoder), serving=False)
-        return model
-
-    def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:
-        """Add the integer column `task_ids` (the Trainer batches tensors, not task names) from `task_column`."""
-        index = {name: i for i, name in enumerate(self.task_configs)}
-        unknown = sorted(set(dataset[task_column]) - set(index))
-        if unknown:
-            raise ValueError(f"Unknown task(s) {unknown} in column {task_column!r}; the model has {list(index)}.")
-        return dataset.map(lambda row: {"task_ids": index[row[task_column]]})
-
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
-        """Write the set: one frozen-decoder artifact per task, in `save_directory/<task>/` (each loadable on its
-        own), and the set's manifest, committed together (`task_set.py`): a kill leaves the old set or the new one.
-        `MultiEncoderModel.from_pretrained(base, save_directory)` and `AutoFrozenModel` load it.
-
-        Under DeepSpeed ZeRO-3, call it on every process: the weights are gathered, the main process writes.
-        """
-        if not self.takes_part_in_save(is_main_process):
-            return
-        self.verify_frozen()
-        tasks = {}
-        for name in self.task_configs:
-            self._make_resident([name])
-            tasks[name] = (full_copies(self._task_tensors(name)), self.task_configs[name], self.task_records[name])
-            self._evict(keep={name})
-        if is_main_process:
-            save_task_set(save_directory, tasks, self.set_config(), self.expected_decoder_fingerprint,
-                          self.encoder_prefix)  # fmt: skip
-
-    def set_config(self) -> MultiEncoderSetConfig:
-        """The set's manifest: the base model the tasks record, the decoder's dtype, the tasks in order."""
-        first = next(iter(self.task_configs.values()), FrozenDecoderConfig())
-        return MultiEncoderSetConfig(
-            base_model_name_or_path=first.base_model_name_or_path or self.base_name(), revision=first.revision,
-            decoder_dtype=self.decoder_dtype, tasks=list(self.task_configs),
-        )  # fmt: skip
-
-    def model_card(self, repo_id: str | None = None) -> str:
-        """The README.md that `push_to_hub` uploads with a set."""
-        rows = "\n".join(f"| `{name}` | {c.encoder_training} | {self._sizes[name]['parameters']:,d} |"
-                         for name, c in self.task_configs.items())  # fmt: skip
-        body = f"""
-# Task encoders on one frozen decoder
-
-{len(self.task_configs)} task encoders of `{self.set_config().base_model_name_or_path}`, served together on its one
-frozen decoder by [hf-frozen](https://github.com/hf-frozen/hf-frozen).
-
-| task | encoder training | trained parameters |
-|---|---|---|
-{rows}
-
-## Usage
-
-```python
-from hf_frozen import AutoFrozenModel
-
-server = AutoFrozenModel.from_pretrained("{repo_id or "<this repo id>"}")  # loads the base, checks every task
-server.generate(input_ids=ids, attention_mask=mask, tasks=[...], num_beams=3)
-```
-"""
-        return build_model_card(self.set_config().base_model_name_or_path, ["frozen-decoder", "multi-encoder"],
-                                "text2text-generation", body)  # fmt: skip
-
-    # -- inference --------------------------------------------------------------------------------------------
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
-        """Run each example through its task's encoder; returns (encoder hidden states (B, T, d), attention mask)."""
-        if isinstance(tasks, str):
-            raise TypeError(f"`tasks` must be a list with one task name per example, got the string {tasks!r}.")
-        tasks = list(tasks)
-        if len(tasks) != input_ids.shape[0]:
-            raise ValueError(
-                f"`tasks` names {len(tasks)} task(s) but the batch holds {input_ids.shape[0]} examples: give one "
-                "task per example."
-            )
-        self._check_tasks(tasks)
-        self._make_resident(list(dict.fromkeys(tasks)))
-        try:
-            return self._encode(input_ids, attention_mask, tasks)
-        finally:
-            self._evict()
-
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tasks: list[str]) -> tuple:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        empty = (~attention_mask.bool().any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"Rows {empty[:10]} of `attention_mask` are all zeros: those examples have no token to encode. Drop "
-                "them from the batch, or give each at least one token (an empty text still has its end token)."
-            )
-        # Plain LoRA tasks share one pass of the base encoder: a served one always (it holds no encoder of its own),
-        # one being trained (`for_training`) in eval mode and with another beside it (alone it gains nothing).
-        shared = {t for t in dict.fromkeys(tasks) if self.lora_parts.get(t)
-                  and (t in self.lora_adapters or not self.encoders[t].training)}  # fmt: skip
-        if len(shared) == 1 and next(iter(shared)) in self.encoders:
-            shared = set()
-        passes: dict[str | None, list[int]] = {}  # task (None: the shared pass) -> its rows
-        for i, task in enumerate(tasks):
-            passes.setdefault(None if task in shared else task, []).append(i)
-        hidden = None
-        for task, row_list in passes.items():
-            rows = torch.tensor(row_list, device=input_ids.device)
-            mask = attention_mask[rows]
-            # Trim the group to its own padding, so each example is encoded as it would be alone.
-            used = mask.any(0).nonzero().flatten()
-            cols = torch.arange(int(used.min()), int(used.max()) + 1, device=input_ids.device)
-            inputs = {"input_ids": input_ids[rows][:, cols], "attention_mask": mask[:, cols]}
-            if task is not None:
-                states = self.encoders[task](**inputs).last_hidden_state  # (b, t, d)
-            else:
-                states = self._shared_lora_pass(inputs, [tasks[i] for i in row_list])
-            if hidden is None:
-                hidden = states.new_zeros(*input_ids.shape, states.shape[-1])
-            hidden[rows.unsqueeze(1), cols.unsqueeze(0)] = states
-        return hidden, attention_mask
-
-    def _shared_lora_pass(self, inputs: dict[str, torch.Tensor], tasks: list[str]) -> torch.Tensor:
-        """One base-encoder pass over rows of several plain LoRA tasks, each row group adding its own adapter."""
-        device = inputs["input_ids"].device
-        groups = [
-            (torch.tensor([i for i, t in enumerate(tasks) if t == task], device=device), self.lora_parts[task])
-            for task in dict.fromkeys(tasks)
-        ]
-        encoder = self.get_base_model().get_encoder()
-        with mixed_lora(encoder, groups):
-            return encoder(**inputs).last_hidden_state
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        tasks: list[str] | None = None,
-        **generate_kwargs: Any,
-    ) -> torch.Tensor:
-        """Generate for a batch whose examples belong to different tasks, decoding them all in one batch.
-
-        Args:
-            input_ids (`torch.LongTensor` of shape `(batch, length)`), attention_mask: the inputs.
-            tasks (`list[str]`): the task of each example.
-            generate_kwargs: passed to `generate` (`num_beams=3`, `max_new_tokens`, ...).
-        """
-        if tasks is None:
-            raise ValueError("Pass `tasks=[...]`, one task name per example.")
-        hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)
-        return self.get_base_model().generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, **generate_kwargs
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        task_ids: torch.Tensor | None = None,
-        tasks: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Scores (and the loss, given `labels`) for a mixed-task batch; tasks by name or by `task_ids`."""
-        if tasks is None and task_ids is not None:
-            names = list(self.task_configs)
-            ids = task_ids.tolist() if isinstance(task_ids, torch.Tensor) else list(task_ids)
-            bad = sorted({i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(names)})
-            if bad:
-                raise ValueError(
-                    f"`task_ids` must be integers in 0..{len(names) - 1} (this model's tasks: {names}), got {bad}."
-                )
-            tasks = [names[i] for i in ids]
-        if tasks is None:
-            raise ValueError("Pass `tasks=[...]` (one task name per example) or `task_ids`.")
-        hidden, attention_mask = self.encode(input_ids, attention_mask, tasks)
-        return self.get_base_model()(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask, labels=labels,
-            **kwargs,
-        )  # fmt: skip
-
-
-def _tasks_decoder_dtype(tasks: dict[str, Any]) -> str | None:
-    """The one `decoder_dtype` the tasks were trained with (read from their configs alone), for the server."""
-    found = {}
-    for name, artifact in tasks.items():
-        if isinstance(artifact, FrozenDecoderModel):
-            found[name] = artifact.frozen_config.decoder_dtype
-        else:
-            found[name] = FrozenDecoderConfig.from_pretrained(artifact).decoder_dtype
-    dtypes = set(found.values())
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"The tasks were trained against decoders held in different dtypes ({found}); one model shares one "
-            "decoder. Serve each `decoder_dtype` with a MultiEncoderModel of its own."
-        )
-    return dtypes.pop() if dtypes else None
 
 
 register_adapter(MultiEncoderSetConfig, MultiEncoderModel, load=MultiEncoderModel.from_set)

@@ -11,9 +11,12 @@ checksum, so a task folder replaced inside a set is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from ..config import (
     CONFIG_NAME,
@@ -25,10 +28,17 @@ from ..config import (
     write_text,
 )
 from ..errors import ArtifactError
+from ..utils.hub import build_model_card, loading_recorded_base
 from ..utils.io import finish_interrupted_save, write_files_together
+from ..utils.zero3 import full_copies
 from .artifact import encoder_artifact_writers
 from .config import FrozenDecoderConfig
+from .model import FrozenDecoderModel
 from .record import FrozenDecoderRecord
+from .task_names import check_task_name
+
+if TYPE_CHECKING:
+    from .multi_encoder import MultiEncoderModel
 
 
 @dataclasses.dataclass
@@ -66,8 +76,6 @@ class MultiEncoderSetConfig(FrozenAdapterConfig):
     tasks: list[str] = dataclasses.field(default_factory=list, metadata={"help": "The task names, in order."})
 
     def __post_init__(self) -> None:
-        from .multi_encoder import check_task_name  # the one rule for task names
-
         if not isinstance(self.tasks, list) or not self.tasks or len(set(map(str, self.tasks))) != len(self.tasks):
             raise ValueError(f"`tasks` must be a non-empty list of distinct task names, got {self.tasks!r:.200}.")
         for name in self.tasks:
@@ -149,3 +157,129 @@ def check_task_checksums(record: MultiEncoderSetRecord, loaded: dict[str, Frozen
                 f"{RECORD_NAME} lists: the task folder was replaced or changed after the set was saved. Save the set "
                 "again, or download it again."
             )
+
+
+class TaskSetPersistence:
+    """Loading and saving a `MultiEncoderModel`: from task artifacts or a saved set, and as a set. A mixin."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model: PreTrainedModel | str | os.PathLike | None,
+        tasks: dict[str, Any] | str | os.PathLike | None = None,
+        max_resident_encoders: int | None = None,
+        **base_model_kwargs: Any,
+    ) -> MultiEncoderModel:
+        """A base model (or its id) plus task encoders: `{name: artifact folder, Hub repo id or model}`, or a saved
+        set (a folder or Hub repo written by `save_pretrained` / `push_to_hub`; `base_model=None` then loads the
+        base the set records).
+
+        With `max_resident_encoders=K`, at most K of them stay in memory (see the class docstring): each is still
+        read and checked once here, so a broken artifact fails now rather than at its first request.
+        """
+        if isinstance(tasks, (str, os.PathLike)):
+            return cls.from_set(tasks, base_model, max_resident_encoders=max_resident_encoders, **base_model_kwargs)
+        if isinstance(base_model, (str, os.PathLike)):
+            base_model = AutoModelForSeq2SeqLM.from_pretrained(base_model, **base_model_kwargs)
+        model = cls(base_model, max_resident_encoders=max_resident_encoders,
+                    decoder_dtype=_tasks_decoder_dtype(tasks or {}))  # fmt: skip
+        for name, artifact in (tasks or {}).items():
+            model.add_task(name, artifact)
+        return model
+
+    @classmethod
+    def from_set(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        base_model: PreTrainedModel | str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        max_resident_encoders: int | None = None,
+        **base_model_kwargs: Any,
+    ) -> MultiEncoderModel:
+        """Load a set saved by `save_pretrained` (a folder) or `push_to_hub` (a Hub repo, downloaded whole), onto
+        `base_model` or the base the set records. Every task's weights are checked against the set's manifest."""
+        set_config, set_record, folder = load_task_set(path_or_repo_id, revision, token)
+        if not isinstance(base_model, PreTrainedModel):
+            base_id = base_model or set_config.base_model_name_or_path
+            if not base_id:
+                raise ValueError(f"The set {path_or_repo_id} records no base model: pass `base_model=`.")
+            if base_id == set_config.base_model_name_or_path and set_config.revision:
+                base_model_kwargs.setdefault("revision", set_config.revision)
+            with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
+                base_model = AutoModelForSeq2SeqLM.from_pretrained(base_id, **base_model_kwargs)
+        model = cls(base_model, max_resident_encoders=max_resident_encoders, decoder_dtype=set_config.decoder_dtype)
+        for name in set_config.tasks:
+            model.add_task(name, os.path.join(folder, name))
+        check_task_checksums(set_record, model.task_records, folder)
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """Write the set: one frozen-decoder artifact per task, in `save_directory/<task>/` (each loadable on its
+        own), and the set's manifest, committed together (`task_set.py`): a kill leaves the old set or the new one.
+        `MultiEncoderModel.from_pretrained(base, save_directory)` and `AutoFrozenModel` load it.
+
+        Under DeepSpeed ZeRO-3, call it on every process: the weights are gathered, the main process writes.
+        """
+        if not self.takes_part_in_save(is_main_process):
+            return
+        self.verify_frozen()
+        tasks = {}
+        for name in self.task_configs:
+            self._make_resident([name])
+            tasks[name] = (full_copies(self._task_tensors(name)), self.task_configs[name], self.task_records[name])
+            self._evict(keep={name})
+        if is_main_process:
+            save_task_set(save_directory, tasks, self.set_config(), self.expected_decoder_fingerprint,
+                          self.encoder_prefix)  # fmt: skip
+
+    def set_config(self) -> MultiEncoderSetConfig:
+        """The set's manifest: the base model the tasks record, the decoder's dtype, the tasks in order."""
+        first = next(iter(self.task_configs.values()), FrozenDecoderConfig())
+        return MultiEncoderSetConfig(
+            base_model_name_or_path=first.base_model_name_or_path or self.base_name(), revision=first.revision,
+            decoder_dtype=self.decoder_dtype, tasks=list(self.task_configs),
+        )  # fmt: skip
+
+    def model_card(self, repo_id: str | None = None) -> str:
+        """The README.md that `push_to_hub` uploads with a set."""
+        rows = "\n".join(f"| `{name}` | {c.encoder_training} | {self._sizes[name]['parameters']:,d} |"
+                         for name, c in self.task_configs.items())  # fmt: skip
+        body = f"""
+# Task encoders on one frozen decoder
+
+{len(self.task_configs)} task encoders of `{self.set_config().base_model_name_or_path}`, served together on its one
+frozen decoder by [hf-frozen](https://github.com/hf-frozen/hf-frozen).
+
+| task | encoder training | trained parameters |
+|---|---|---|
+{rows}
+
+## Usage
+
+```python
+from hf_frozen import AutoFrozenModel
+
+server = AutoFrozenModel.from_pretrained("{repo_id or "<this repo id>"}")  # loads the base, checks every task
+server.generate(input_ids=ids, attention_mask=mask, tasks=[...], num_beams=3)
+```
+"""
+        return build_model_card(self.set_config().base_model_name_or_path, ["frozen-decoder", "multi-encoder"],
+                                "text2text-generation", body)  # fmt: skip
+
+
+def _tasks_decoder_dtype(tasks: dict[str, Any]) -> str | None:
+    """The one `decoder_dtype` the tasks were trained with (read from their configs alone), for the server."""
+    found = {}
+    for name, artifact in tasks.items():
+        if isinstance(artifact, FrozenDecoderModel):
+            found[name] = artifact.frozen_config.decoder_dtype
+        else:
+            found[name] = FrozenDecoderConfig.from_pretrained(artifact).decoder_dtype
+    dtypes = set(found.values())
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"The tasks were trained against decoders held in different dtypes ({found}); one model shares one "
+            "decoder. Serve each `decoder_dtype` with a MultiEncoderModel of its own."
+        )
+    return dtypes.pop() if dtypes else None
