@@ -21,15 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from itertools import chain
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import CONFIG_NAME, adapter_file_writers, load_adapter_files
 from ..errors import ArtifactError
-from ..utils.fingerprint import fingerprint_tensors
 from ..utils.io import write_files_together
 from ..utils.zero3 import full_copies, gathered
 from .base import BASE_PREFIX
@@ -71,27 +68,6 @@ def peft_adapter_config(config: FrozenDecoderConfig, encoder_prefix: str) -> str
     peft_config.base_model_name_or_path = config.base_model_name_or_path
     peft_config.revision = config.revision
     return json.dumps(peft_config.to_dict(), indent=2, sort_keys=True, default=sorted) + "\n"
-
-
-def frozen_encoder_fingerprint(
-    encoder: nn.Module, encoder_prefix: str, decoder_tensors: dict[str, torch.Tensor], stored: set[str]
-) -> str | None:
-    """The fingerprint of `encoder`'s tensors that are neither decoder side nor `stored` in the artifact.
-
-    Each tensor is named by its first name inside the encoder, prefixed with `encoder_prefix`: for the encoder
-    inside the base model and for a task encoder built from it alike. `stored` holds names inside the encoder.
-    """
-    decoder_ids = {id(t) for t in decoder_tensors.values()}
-    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
-    named = chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers(remove_duplicate=False))
-    for name, tensor in named:
-        groups.setdefault(id(tensor), (tensor, []))[1].append(name)
-    frozen = {
-        encoder_prefix + sorted(names)[0]: tensor
-        for tensor, names in groups.values()
-        if id(tensor) not in decoder_ids and not stored.intersection(names)
-    }
-    return fingerprint_tensors(frozen) if frozen else None
 
 
 def save_encoder_artifact(

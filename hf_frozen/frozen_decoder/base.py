@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..utils.fingerprint import fingerprint_tensors
+from ..utils.fingerprint import fingerprint_tensors, numeric_config
 from ..utils.hub import HubMixin
 from ..utils.zero3 import any_partitioned, full_numel
 from .freezing import check_encoder_decoder
+from .record import FrozenDecoderRecord
 from .sides import module_prefix, split_sides
 
 BASE_PREFIX = "base_model.model."  # where the transformers model's tensors sit in the wrapper's state_dict
@@ -95,6 +96,17 @@ class FrozenDecoderBase(HubMixin, nn.Module):
                 "resize, manual edits): the encoder would no longer match the shared decoder."
             )
 
+    def record_for(self, encoder: nn.Module, stored: set[str]) -> FrozenDecoderRecord:
+        """The record of a task encoder: what it needs of the base model (the decoder's fingerprint, that of the
+        frozen encoder tensors it relies on, the decoder's config). `stored`: the names, inside the encoder, of the
+        tensors its artifact holds."""
+        return FrozenDecoderRecord(
+            decoder_fingerprint=self.expected_decoder_fingerprint,
+            frozen_encoder_fingerprint=frozen_encoder_fingerprint(encoder, self.encoder_prefix,
+                                                                  self.decoder_tensors(), stored),
+            base_config=numeric_config(self.get_base_model().config),
+        )  # fmt: skip
+
     def takes_part_in_save(self, is_main_process: bool) -> bool:
         """Whether this process joins a save: the main one writes; under ZeRO-3 all of them gather the weights."""
         return is_main_process or any_partitioned(self.parameters())
@@ -124,6 +136,27 @@ class FrozenDecoderBase(HubMixin, nn.Module):
             if not name.startswith(BASE_PREFIX) and id(tensor) in canonical:
                 aliases[name] = canonical[id(tensor)]
         return aliases
+
+
+def frozen_encoder_fingerprint(
+    encoder: nn.Module, encoder_prefix: str, decoder_tensors: dict[str, torch.Tensor], stored: set[str]
+) -> str | None:
+    """The fingerprint of `encoder`'s tensors that are neither decoder side nor `stored` in the artifact.
+
+    Each tensor is named by its first name inside the encoder, prefixed with `encoder_prefix`: for the encoder
+    inside the base model and for a task encoder built from it alike. `stored` holds names inside the encoder.
+    """
+    decoder_ids = {id(t) for t in decoder_tensors.values()}
+    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    named = chain(encoder.named_parameters(remove_duplicate=False), encoder.named_buffers(remove_duplicate=False))
+    for name, tensor in named:
+        groups.setdefault(id(tensor), (tensor, []))[1].append(name)
+    frozen = {
+        encoder_prefix + sorted(names)[0]: tensor
+        for tensor, names in groups.values()
+        if id(tensor) not in decoder_ids and not stored.intersection(names)
+    }
+    return fingerprint_tensors(frozen) if frozen else None
 
 
 def _refuse_resize(*args: Any, **kwargs: Any) -> None:

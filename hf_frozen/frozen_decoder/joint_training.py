@@ -43,7 +43,7 @@ class JointTraining:
         model = cls(base_model, decoder_dtype=config.decoder_dtype)
         for name in tasks:
             encoder = model._copy_encoder(config, trainable, trainable).train()
-            model._register(name, encoder, config, model._record_of(encoder), serving=False)
+            model._register(name, encoder, config, model.record_for(encoder, model._own_names(encoder)), serving=False)
         return model
 
     def add_task_ids(self, dataset: Any, task_column: str = "task") -> Any:

@@ -19,13 +19,11 @@ from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from ..registry import register_adapter
-from ..utils.fingerprint import numeric_config
 from ..utils.hub import build_model_card, hub_id, loading_recorded_base
 from ..utils.zero3 import any_partitioned, full_numel
 from .artifact import (
     check_fingerprints,
     copy_artifact_tensors,
-    frozen_encoder_fingerprint,
     load_encoder_artifact,
     peft_adapter_config,
     save_encoder_artifact,
@@ -97,12 +95,7 @@ class FrozenDecoderModel(FrozenDecoderBase, PeftModel):
             raise RuntimeError(f"Decoder-side tensors would be trained: {leaking}. Please report this.")
         # What the artifact stores: exactly the encoder-side weights that train.
         self.artifact_keys = sorted(name for name, t in sides.encoder.items() if t.requires_grad)
-        stored = {name.removeprefix(encoder_prefix) for name in self.artifact_keys}
-        self.record = FrozenDecoderRecord(
-            decoder_fingerprint=self.expected_decoder_fingerprint,
-            frozen_encoder_fingerprint=frozen_encoder_fingerprint(encoder, encoder_prefix, sides.decoder, stored),
-            base_config=numeric_config(base_model.config),
-        )
+        self.record = self.record_for(encoder, {name.removeprefix(encoder_prefix) for name in self.artifact_keys})
         # Trainer keeps only the dataset columns that `model.forward` names: show it the base model's signature.
         self.forward = functools.update_wrapper(
             functools.partial(FrozenDecoderModel.forward, self), base_model.forward

@@ -20,8 +20,7 @@ from transformers import PreTrainedModel
 
 from ..errors import ArtifactError
 from ..registry import register_adapter
-from ..utils.fingerprint import numeric_config
-from .artifact import check_fingerprints, copy_artifact_tensors, frozen_encoder_fingerprint, load_encoder_artifact
+from .artifact import check_fingerprints, copy_artifact_tensors, load_encoder_artifact
 from .base import FrozenDecoderBase
 from .config import FrozenDecoderConfig
 from .freezing import apply_encoder_training, check_encoder_decoder
@@ -147,8 +146,9 @@ class MultiEncoderModel(TaskSetPersistence, JointTraining, MixedTaskRouting, Fro
         # The artifact's tensors are the task's own; every other encoder tensor is the base model's, shared.
         own = {k.removeprefix(self.encoder_prefix) for k in tensors if k.startswith(self.encoder_prefix)}
         encoder = self._copy_encoder(config, own, trainable=set()).requires_grad_(False).eval()
-        check_fingerprints(record, self._record_of(encoder), f"Task {name!r}: the encoder in {source}",
-                           self.base_name(), config.base_model_name_or_path)  # fmt: skip
+        actual = self.record_for(encoder, self._own_names(encoder))
+        check_fingerprints(record, actual, f"Task {name!r}: the encoder in {source}", self.base_name(),
+                           config.base_model_name_or_path)  # fmt: skip
         outside = sorted(k for k in tensors if not k.startswith(self.encoder_prefix))
         if outside:
             raise ValueError(f"Task {name!r}: {source} holds tensors outside the encoder: {outside[:5]}.")
@@ -248,16 +248,9 @@ class MultiEncoderModel(TaskSetPersistence, JointTraining, MixedTaskRouting, Fro
         named = chain(encoder.named_parameters(), encoder.named_buffers() if buffers else ())
         return {self.encoder_prefix + n: t for n, t in named if id(t) not in shared}
 
-    def _record_of(self, encoder: nn.Module) -> FrozenDecoderRecord:
-        """The fingerprints a task encoder relies on, as `FrozenDecoderModel` records them."""
-        own = {n.removeprefix(self.encoder_prefix) for n in self._own_tensors(encoder)}
-        return FrozenDecoderRecord(
-            decoder_fingerprint=self.expected_decoder_fingerprint,
-            frozen_encoder_fingerprint=frozen_encoder_fingerprint(
-                encoder, self.encoder_prefix, self.decoder_tensors(), own
-            ),
-            base_config=numeric_config(self.get_base_model().config),
-        )
+    def _own_names(self, encoder: nn.Module) -> set[str]:
+        """The names, inside the encoder, of a task encoder's own tensors: what its artifact stores."""
+        return {n.removeprefix(self.encoder_prefix) for n in self._own_tensors(encoder)}
 
     def _check_tasks(self, tasks: list[str]) -> None:
         unknown = sorted(set(tasks) - set(self.task_configs))
