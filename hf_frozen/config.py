@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import typing
 from typing import Any, ClassVar, TypeVar
 
@@ -46,6 +47,7 @@ RECORD_NAME = "hf_frozen_record.json"
 # is then a PEFT adapter as it stands.
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "hf_frozen_model.safetensors"  # what hf-frozen 0.1 wrote
+PEFT_CONFIG_NAME = "adapter_config.json"  # written beside an artifact that PEFT can load as it stands
 
 ConfigT = TypeVar("ConfigT", bound="FrozenAdapterConfig")
 
@@ -340,6 +342,15 @@ def load_adapter_files(
     # back later (`MultiEncoderModel`'s cold tasks) must be these very weights.
     record.weights_sha256 = weights_sha256
     return config, record, tensors
+
+
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the artifact files of folder `source` (config, record, weights, PEFT's config) into `target`, as one
+    set (`write_files_together`): a reader of `target` sees the old artifact or this one. A copy, not a second
+    save: safetensors orders its metadata differently on each save, so two saves of one model differ in bytes."""
+    names = [n for n in (CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, PEFT_CONFIG_NAME)
+             if os.path.isfile(os.path.join(source, n))]  # fmt: skip
+    write_files_together(target, {n: functools.partial(shutil.copyfile, os.path.join(source, n)) for n in names})
 
 
 def check_positive(config: Any, name: str, allow_zero: bool = False, integer: bool = False) -> None:

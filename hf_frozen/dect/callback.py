@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..config import copy_artifact
 from ..utils.logging import get_logger
 from .head import DecTHead
 from .model import DecTModel
@@ -90,6 +91,16 @@ class DecTCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._save_artifact(args, state, kwargs.get("model"), f"checkpoint-{state.global_step}")
+
+    def on_push_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # The Trainer pushes right after saving a checkpoint, before `on_save` writes the DecT artifact, and copies
+        # only the file names it knows into `output_dir`: write the artifact of this step into both first.
+        checkpoint = f"checkpoint-{state.global_step}"
+        self._save_artifact(args, state, kwargs.get("model"), checkpoint)
+        if state.is_world_process_zero:  # the Trainer pushes from the main process only
+            copy_artifact(os.path.join(args.output_dir, checkpoint), args.output_dir)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

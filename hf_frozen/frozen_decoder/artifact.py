@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..config import CONFIG_NAME, adapter_file_writers, load_adapter_files
+from ..config import CONFIG_NAME, PEFT_CONFIG_NAME, adapter_file_writers, load_adapter_files
 from ..errors import ArtifactError
 from ..utils.io import write_files_together
 from ..utils.zero3 import full_copies, gathered
@@ -34,7 +34,6 @@ from .config import FrozenDecoderConfig
 from .freezing import ADAPTER_NAME, lora_config
 from .record import FrozenDecoderRecord
 
-PEFT_CONFIG_NAME = "adapter_config.json"
 _ADAPTER_NAME_IN_KEY = re.compile(rf"\.(lora_[A-Za-z_]+)\.{ADAPTER_NAME}(?=\.|$)")
 _LORA_KEY = re.compile(r"\.(lora_[A-Za-z_]+)(?=\.|$)")
 

@@ -3,6 +3,11 @@
 It serves both frozen-decoder models. A `FrozenDecoderModel` needs it only for the checks: transformers' Trainer
 saves it as it saves a PEFT model (the encoder-only artifact is each checkpoint's model). For a
 `MultiEncoderModel.for_training` it also writes one artifact per task, in `checkpoint-*/<task>/`.
+
+With `push_to_hub=True`, the Trainer pushes `output_dir` after each save (`hub_strategy="every_save"`, and the
+root of `"checkpoint"` / `"all_checkpoints"`) having copied into it only the file names it knows
+(`adapter_model.safetensors`, `adapter_config.json`): the repo would hold new weights beside a stale record and
+config. `on_push_begin` first puts the whole artifact of the checkpoint being pushed into `output_dir`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..config import copy_artifact
 from ..utils.logging import get_logger
+from ..utils.zero3 import any_partitioned
 from .base import FrozenDecoderBase
 from .deepspeed_config import check_deepspeed_config, deepspeed_config_of
 
@@ -109,6 +116,22 @@ class FrozenDecoderCallback(TrainerCallback):
         # Every process calls this (under ZeRO-3 the weights are gathered from all of them); only the main one writes.
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         model.save_pretrained(folder, is_main_process=state.is_world_process_zero)
+
+    def on_push_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = unwrap_frozen_model(kwargs.get("model"))
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if isinstance(model, PeftModel):  # the Trainer saved the checkpoint's artifact: push that one, whole
+            copy_artifact(checkpoint, args.output_dir)
+        elif not any_partitioned(model.parameters()):  # a set: `on_save` writes the checkpoint only after the push
+            model.save_pretrained(checkpoint)
+            model.save_pretrained(args.output_dir)
+        else:
+            logger.warning(
+                "A MultiEncoderModel partitioned by ZeRO-3 cannot be gathered on the main process alone for the "
+                "Trainer's push: use `hub_strategy='end'` (or `trainer.save_model()` then `trainer.push_to_hub()`)."
+            )
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
