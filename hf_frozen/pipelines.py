@@ -26,6 +26,7 @@ from .auto import AutoFrozenModel
 from .dect.model import DecTModel
 from .frozen_decoder.base import FrozenDecoderBase
 from .frozen_decoder.multi_encoder import MultiEncoderModel
+from .registry import adapter_of, registered_adapters
 
 CLASSIFICATION_TASKS = ("text-classification", "sentiment-analysis")
 # The key each generation task's results use, as transformers 4's pipelines named them.
@@ -64,6 +65,15 @@ class DecTClassificationPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_video_processor = False
+
+    @classmethod
+    def for_model(
+        cls, model: DecTModel, task: str, tokenizer: Any = None, source: Any = None, **kwargs: Any
+    ) -> Pipeline:
+        """What `hf_frozen.pipeline` builds for a DecT model (its backbone holds the tokenizer, or is an API)."""
+        if tokenizer is not None:
+            raise ValueError("A DecT pipeline takes no `tokenizer=`: the backbone's own is used.")
+        return cls(model=model, task="text-classification", **kwargs)
 
     def __init__(self, model: DecTModel, task: str = "text-classification", **kwargs: Any) -> None:
         if not isinstance(model, DecTModel):
@@ -155,6 +165,15 @@ class FrozenDecoderGenerationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
+    @classmethod
+    def for_model(cls, model: FrozenDecoderBase, task: str, tokenizer: Any = None, source: Any = None,
+                  **kwargs: Any) -> Pipeline:  # fmt: skip
+        """What `hf_frozen.pipeline` builds for a frozen-decoder model: the tokenizer named, else the one saved
+        beside the artifact `source`, else the base model's."""
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_tokenizer(tokenizer, source, model)
+        return cls(model=model, tokenizer=tokenizer, task=task, **kwargs)
+
     def __init__(self, model: FrozenDecoderBase, tokenizer: Any = None, task: str = "text2text-generation",
                  **kwargs: Any) -> None:  # fmt: skip
         if not isinstance(model, FrozenDecoderBase):
@@ -237,20 +256,16 @@ def pipeline(task: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> Pip
     source = model if isinstance(model, (str, os.PathLike)) else None
     if source is not None:
         model = AutoFrozenModel.from_pretrained(source)
-    if isinstance(model, DecTModel):
-        if task not in CLASSIFICATION_TASKS:
-            raise ValueError(f"A DecT model classifies: use task 'text-classification', not {task!r}.")
-        return DecTClassificationPipeline(model=model, task="text-classification", **kwargs)
-    if isinstance(model, FrozenDecoderBase):
-        if task not in GENERATION_TASKS:
-            raise ValueError(f"A frozen-decoder model generates: use one of {sorted(GENERATION_TASKS)}, not {task!r}.")
-        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(tokenizer, source, model)
-        return FrozenDecoderGenerationPipeline(model=model, tokenizer=tokenizer, task=task, **kwargs)
-    raise TypeError(
-        f"hf_frozen.pipeline takes an hf-frozen model (DecTModel, FrozenDecoderModel, MultiEncoderModel) or "
-        f"artifact id, got {type(model).__name__}: use `transformers.pipeline` for other models."
-    )
+    adapter = adapter_of(model)  # the registry says which adapter type the model is, and so which tasks it runs
+    if adapter is None:
+        raise TypeError(
+            f"hf_frozen.pipeline takes a model of a registered hf-frozen adapter type ({registered_adapters()}) or "
+            f"an artifact id, got {type(model).__name__}: use `transformers.pipeline` for other models."
+        )
+    tasks = adapter.model_class.PIPELINE_TASKS
+    if task not in tasks:
+        raise ValueError(f"A {type(model).__name__} runs the pipeline tasks {list(tasks)}, not {task!r}.")
+    return PIPELINE_CLASSES[task].for_model(model, task, tokenizer=tokenizer, source=source, **kwargs)
 
 
 def _load_tokenizer(name: str | os.PathLike | None, source: str | os.PathLike | None,
@@ -268,3 +283,11 @@ def _load_tokenizer(name: str | os.PathLike | None, source: str | os.PathLike | 
     raise ValueError(
         "No tokenizer found with the artifact or its base model; pass `tokenizer=`. Tried: " + "; ".join(errors)
     )
+
+
+# The pipeline class of each task name: `pipeline` looks up the model's adapter type in the registry, checks the
+# task against what its model class runs (`PIPELINE_TASKS`), and builds the pipeline of that task.
+PIPELINE_CLASSES: dict[str, type] = {
+    **dict.fromkeys(CLASSIFICATION_TASKS, DecTClassificationPipeline),
+    **dict.fromkeys(GENERATION_TASKS, FrozenDecoderGenerationPipeline),
+}

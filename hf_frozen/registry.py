@@ -64,3 +64,10 @@ def registered_adapters() -> list[str]:
     for module in BUILTIN_ADAPTERS.values():
         importlib.import_module(module)
     return sorted(_ADAPTERS)
+
+
+def adapter_of(model: Any) -> AdapterType | None:
+    """The registered adapter type whose model class `model` is an instance of (the most derived one), or None."""
+    registered_adapters()
+    matches = [adapter for adapter in _ADAPTERS.values() if isinstance(model, adapter.model_class)]
+    return max(matches, key=lambda adapter: len(adapter.model_class.__mro__), default=None)

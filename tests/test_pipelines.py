@@ -133,3 +133,32 @@ def test_dect_pipeline_batches(dect, batch_size):
     assert [[r["label"] for r in rows] for rows in batched] == [[r["label"] for r in rows] for rows in unbatched]
     for rows_b, rows_u in zip(batched, unbatched, strict=True):
         assert [r["score"] for r in rows_b] == pytest.approx([r["score"] for r in rows_u], abs=1e-6)
+
+
+def test_pipeline_dispatches_through_the_registry():
+    """A model class registered by a plugin runs the pipeline tasks it declares, without pipelines.py naming it."""
+    import dataclasses
+
+    import hf_frozen.registry as registry
+    from hf_frozen import DecTConfig, DecTModel, get_frozen_model, register_adapter
+
+    @dataclasses.dataclass
+    class SentimentConfig(DecTConfig):
+        ADAPTER_TYPE = "test_sentiment_only"
+
+    class SentimentModel(DecTModel):
+        PIPELINE_TASKS = ("sentiment-analysis",)
+
+    register_adapter(SentimentConfig, SentimentModel)
+    try:
+        config = SentimentConfig(template=tiny_dect.TEMPLATE, label_words=tiny_dect.WORDS, labels=["neg", "pos"])
+        model = get_frozen_model(tiny_dect.ClusterAPI(), config, backbone_name="cluster-api-v1")
+        assert type(model) is SentimentModel
+        model.show_progress = False
+        model.fit(tiny_dect.sentiment(16))
+        texts = tiny_dect.sentiment(4, seed=2)["text"]
+        assert [r["label"] for r in pipeline("sentiment-analysis", model=model)(texts)] == model.predict(texts)
+        with pytest.raises(ValueError, match=r"runs the pipeline tasks \['sentiment-analysis'\], not 'text-class"):
+            pipeline("text-classification", model=model)
+    finally:
+        registry._ADAPTERS.pop("test_sentiment_only")

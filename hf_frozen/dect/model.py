@@ -53,6 +53,9 @@ class DecTModel(CachedQueries, HubMixin):
         ```
     """
 
+    # The `hf_frozen.pipeline` tasks this model runs.
+    PIPELINE_TASKS = ("text-classification", "sentiment-analysis")
+
     def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
         self.config = copy.deepcopy(config)
         super().__init__(backbone, self.config)

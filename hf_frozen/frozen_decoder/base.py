@@ -43,6 +43,9 @@ class BaseModelLayout(nn.Module):
 class FrozenDecoderBase(HubMixin, nn.Module):
     """An encoder-decoder `base_model` whose decoder side is fingerprinted when wrapped and checked afterwards."""
 
+    # The `hf_frozen.pipeline` tasks a frozen-decoder model runs.
+    PIPELINE_TASKS = ("text2text-generation", "summarization", "translation")
+
     def __init__(self, base_model: PreTrainedModel) -> None:
         # `nn.Module.__init__` by name: a subclass may also derive from `peft.PeftModel`, whose own __init__
         # would inject adapters.
