@@ -16,7 +16,7 @@ from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, Seq2SeqTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import hf_frozen.config as artifact_files_module  # noqa: E402
+import hf_frozen.frozen_decoder.artifact as artifact_files_module  # noqa: E402
 from hf_frozen import FrozenDecoderCallback, FrozenDecoderConfig, get_frozen_model  # noqa: E402
 from hf_frozen.frozen_decoder.callback import optimized_tensors  # noqa: E402
 from hf_frozen.utils.fingerprint import fingerprint_tensors  # noqa: E402

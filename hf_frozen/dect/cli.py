@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -27,6 +28,8 @@ from .config import DecTConfig
 
 @dataclasses.dataclass
 class DecTRunArguments:
+    _argument_group_name = "Run (data, backbone, output)"
+
     model_name_or_path: str = dataclasses.field(
         metadata={"help": "Hub id or local path of the frozen backbone; with --endpoint, the served model's name."}
     )
@@ -98,11 +101,27 @@ def _load_splits(run: DecTRunArguments):
     return data["train"], data.get("test")
 
 
+def check_option_names(parser: HfArgumentParser, given: list[str], where: str = "option") -> None:
+    """Refuse an option (or a JSON key) no dataclass of `parser` has, first: `HfArgumentParser` builds the configs
+    before it looks at what is left, so a typo would otherwise be reported as the field it misspells being unset."""
+    known = {s.lstrip("-") for action in parser._actions for s in action.option_strings}
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        guess = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" Did you mean `--{guess[0]}`?" if guess else " `hf-frozen dect --help` lists the options."
+        name = f"--{unknown[0]}" if where == "option" else unknown[0]
+        print(f"hf-frozen dect: error: unknown {where} `{name}`.{hint}", file=sys.stderr)
+        raise SystemExit(2)  # argparse's exit status for a usage error
+
+
 def dect_main(argv: list[str]) -> dict:
     parser = HfArgumentParser((DecTRunArguments, DecTConfig), prog="hf-frozen dect")
     if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0], encoding="utf-8") as f:
+            check_option_names(parser, list(json.load(f)), where="key in the JSON file")
         run, config = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
+        check_option_names(parser, [a[2:].split("=")[0] for a in argv if a.startswith("--") and a != "--"])
         run, config = parser.parse_args_into_dataclasses(argv)
     # Imported after parsing: `--help` and argument errors answer without loading torch.
     from .data import few_shot

@@ -82,6 +82,8 @@ class DecTConfig(FrozenAdapterConfig):
     """
 
     ADAPTER_TYPE = "dect"
+    # `HfArgumentParser` lists these fields under this heading in `--help`.
+    _argument_group_name = "DecT head (DecTConfig)"
     # `transformers.pipeline(..., model=dect_model)` reads `model.config._commit_hash` up to at least 5.5.
     _commit_hash = None
     RECORD_CLASS = DecTRecord
@@ -107,7 +109,9 @@ class DecTConfig(FrozenAdapterConfig):
     )
     label_words: list[str] = dataclasses.field(
         default_factory=list,
-        metadata={"help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'."},
+        # `required`: a command line without it is refused by name, before the config is built.
+        metadata={"help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'.",
+                  "required": True},  # fmt: skip
     )
     labels: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "Class names in class order; unset: the first label word of each class."}

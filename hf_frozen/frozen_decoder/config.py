@@ -44,6 +44,8 @@ class FrozenDecoderConfig(FrozenAdapterConfig):
     """
 
     ADAPTER_TYPE = "frozen_decoder"
+    # `HfArgumentParser` lists these fields under this heading in `--help`.
+    _argument_group_name = "Frozen decoder (FrozenDecoderConfig)"
     RECORD_CLASS = FrozenDecoderRecord
 
     base_model_name_or_path: str | None = dataclasses.field(

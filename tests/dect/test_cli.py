@@ -75,3 +75,30 @@ def test_help_and_package_import_do_not_load_torch():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--model_name_or_path" in done.stdout and done.stdout.rstrip().endswith("ok")
+
+
+def test_a_misspelt_option_is_named_first_and_help_groups_each_config(tmp_path, capsys):
+    """`--label_words` misspelt was reported as "`label_words` needs one entry per class" (the config was built
+    before the leftover options were looked at)."""
+    from hf_frozen.dect.cli import main
+
+    for argv, message in [
+        (["--model_name_or_path", "m", "--output_dir", "o", "--lable_words", "bad", "good"],
+         "unknown option `--lable_words`. Did you mean `--label_words`?"),
+        (["--model_name_or_path", "m", "--output_dir", "o"], "the following arguments are required: --label_words"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as done:
+            main(["dect", *argv])
+        assert done.value.code == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "args.json").write_text(json.dumps({"model_name_or_path": "m", "output_dir": "o",
+                                                     "label_word": ["bad", "good"]}))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["dect", str(tmp_path / "args.json")])
+    assert "unknown key in the JSON file `label_word`. Did you mean `--label_words`?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dect", "--help"])
+    text = capsys.readouterr().out
+    assert "Run (data, backbone, output):" in text and "DecT head (DecTConfig):" in text
+    run_group, dect_group = text.split("Run (data, backbone, output):")[1].split("DecT head (DecTConfig):")
+    assert "  --train_file" in run_group and "  --template" in dect_group and "  --template" not in run_group
