@@ -7,11 +7,14 @@ trained. Each process writes `rank<N>.json` with what the tests check.
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import transformers
+import transformers.trainer
 from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +35,23 @@ class WorkerArguments:
     base: str
     report_dir: str
     decoder_dtype: str | None = None
+    fake_hub: str | None = None  # with --push_to_hub: the Hub's servers, as a folder the pushes are copied into
+
+
+class FolderHub:
+    """`hf_api()` as the Trainer calls it, storing each push in a folder (the Hub's servers cannot be reached)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def create_repo(self, repo_id, **kwargs):
+        os.makedirs(os.path.join(self.root, repo_id), exist_ok=True)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, path_in_repo=None, ignore_patterns=(), **kwargs):
+        target = os.path.join(self.root, repo_id, path_in_repo or "")
+        shutil.copytree(folder_path, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*ignore_patterns or ()))
+        return SimpleNamespace(commit_url="", done=lambda: True, is_done=lambda: True)
 
 
 def use_deepspeed_on_cpu() -> None:
@@ -77,6 +97,8 @@ def main() -> None:
         use_deepspeed_on_cpu()
     parser = HfArgumentParser((WorkerArguments, Seq2SeqTrainingArguments))
     worker_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if worker_args.fake_hub:
+        transformers.trainer.hf_api = lambda *a, **k: FolderHub(worker_args.fake_hub)
     if training_args.world_size != int(os.environ["WORLD_SIZE"]):
         raise RuntimeError(f"{training_args.world_size} processes seen of {os.environ['WORLD_SIZE']} (see above)")
 

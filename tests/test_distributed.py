@@ -39,6 +39,10 @@ ENGINES = {
     "zero3": ("deepspeed", ["--deepspeed", str(CONFIGS / "zero3.json")]),
     "zero3_offload": ("torchrun", ["--deepspeed", str(CONFIGS / "zero3_offload.json")]),
     "accelerate_zero2": ("accelerate", ["--ddp_backend", "gloo"]),
+    # DDP on a machine without GPUs through `accelerate launch`: `--multi_gpu` with gloo (docs/distributed.md;
+    # `accelerate launch --cpu --num_processes 2` starts accelerate's multi-CPU mode, which transformers' Trainer
+    # does not set up).
+    "accelerate_ddp_cpu": ("accelerate_cpu", ["--use_cpu", "--ddp_backend", "gloo"]),
 }
 
 
@@ -55,6 +59,8 @@ def launch(launcher: str, script_args: list[str], cwd: Path) -> subprocess.Compl
         "deepspeed": ["-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port", port],
         "accelerate": ["-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate_zero2.yaml"),
                        "--main_process_port", port],
+        "accelerate_cpu": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--main_process_port", port],
     }[launcher]  # fmt: skip
     done = subprocess.run(
         [sys.executable, *prefix, str(WORKER), *script_args],
@@ -75,7 +81,8 @@ def run(
         "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--per_device_train_batch_size", "4",
         "--learning_rate", "1e-2", "--weight_decay", "0.1", "--lr_scheduler_type", "constant",
         "--logging_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-        "--save_only_model", "false", *engine_args,
+        "--save_only_model", "false", "--push_to_hub", "--hub_model_id", "me/frozen", "--hub_strategy", "every_save",
+        "--fake_hub", str(folder / "hub"), *engine_args,
     ]  # fmt: skip
     if "--deepspeed" in engine_args:  # see `use_deepspeed_on_cpu` in the worker
         (folder / "accelerator.json").write_text(json.dumps({"use_configured_state": True}))
@@ -113,7 +120,7 @@ def base(tmp_path_factory) -> Path:
 )
 def test_frozen_decoder_two_processes(engine, base, tmp_path):
     reports, log = run(engine, tmp_path / "run", base)
-    sharded = engine != "ddp"
+    sharded = engine not in ("ddp", "accelerate_ddp_cpu")  # the others run DeepSpeed
     for report in reports:
         assert report["world_size"] == 2 and report["global_step"] == 4
         assert report["wrapper"] == ("DeepSpeedEngine" if sharded else "DistributedDataParallel")
@@ -133,7 +140,8 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
     assert reports[0]["generated"] == reports[1]["generated"]
     # The callbacks act once: one start-of-training log line, artifacts written by the main process only.
     assert log.count(START_LOG) == 1, log[-3000:]
-    assert reports[0]["artifact_writes"] == ["checkpoint-2", "checkpoint-4", "final"]
+    # `save_model("final")` with `push_to_hub` also pushes, saving into output_dir ("out") first, as the Trainer does.
+    assert reports[0]["artifact_writes"] == ["checkpoint-2", "checkpoint-4", "final", "out"]
     assert reports[1]["artifact_writes"] == []
     # The Trainer saved the encoder-only artifact as the model: no full model, and no DeepSpeed shards from
     # `save_model` (DeepSpeed's resumable state lives in the checkpoints only).
@@ -145,6 +153,10 @@ def test_frozen_decoder_two_processes(engine, base, tmp_path):
         fingerprint_tensors(AutoFrozenModel.from_pretrained(out / "final").encoder_state_dict())
         == reports[0]["encoder_after"]
     )
+
+    # The Trainer pushed after each save (`hub_strategy="every_save"`): the repo loads as the trained encoder.
+    pushed = AutoFrozenModel.from_pretrained(tmp_path / "run" / "hub" / "me" / "frozen")
+    assert fingerprint_tensors(pushed.encoder_state_dict()) == reports[0]["encoder_after"]
 
     # The encoder-only artifact in the last checkpoint is complete (gathered under ZeRO-3) and, loaded in a
     # fresh single process onto the base model, generates exactly what the trained model generated.
