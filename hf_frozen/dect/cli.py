@@ -75,7 +75,17 @@ class DecTRunArguments:
         if self.endpoint is None:
             from .backbones import load_backbone
 
-            return load_backbone(self.model_name_or_path, self.backbone)
+            path = self.model_name_or_path
+            looks_local = os.path.isabs(path) or path.startswith(("./", "../", "~")) or path.endswith(".gguf")
+            if looks_local and not os.path.exists(os.path.expanduser(path)):
+                raise UsageError(f"--model_name_or_path {path}: no such file or folder.")
+            try:
+                return load_backbone(os.path.expanduser(path), self.backbone)
+            except OSError as err:  # transformers' own message, e.g. a Hub id that cannot be reached offline
+                raise UsageError(
+                    f"--model_name_or_path {path}: cannot load it ({str(err).splitlines()[0]}). Give a model folder, "
+                    "a GGUF file, or a Hub id reachable from here."
+                ) from err
         from .backbones import Endpoint
 
         if self.backbone != "auto":
@@ -85,20 +95,85 @@ class DecTRunArguments:
         return endpoint, None
 
 
-def _load_splits(run: DecTRunArguments):
-    from datasets import load_dataset, load_from_disk
+class UsageError(ValueError):
+    """A mistake in the command line or the data it names: printed as one line, exit status 2."""
+
+
+def _load_splits(run: DecTRunArguments, config: DecTConfig):
+    """(train, test or None) as `datasets.Dataset`s, every file checked (it exists, parses, has the columns and
+    rows) before any model is loaded or queried."""
+    from datasets import Dataset, load_dataset, load_from_disk
 
     if run.dataset_name:
         data = load_from_disk(run.dataset_name) if os.path.isdir(run.dataset_name) else load_dataset(run.dataset_name)
+        for split in (run.train_split, run.test_split):
+            if split == run.train_split and split not in data:
+                raise UsageError(f"--dataset_name {run.dataset_name} has no split {split!r} (it has {list(data)}): "
+                                 "set --train_split.")  # fmt: skip
         return data[run.train_split], data[run.test_split] if run.test_split in data else None
     if not run.train_file:
-        raise ValueError("Give `--train_file` (and optionally `--test_file`) or `--dataset_name`.")
-    files = {"train": run.train_file, **({"test": run.test_file} if run.test_file else {})}
-    extension = os.path.splitext(run.train_file)[1].lstrip(".")
+        raise UsageError("no training data: give --train_file (and optionally --test_file) or --dataset_name.")
+    train = Dataset.from_pandas(_read_table(run.train_file, "--train_file", config), preserve_index=False)
+    if not run.test_file:
+        return train, None
+    return train, Dataset.from_pandas(_read_table(run.test_file, "--test_file", config), preserve_index=False)
+
+
+def _read_table(path: str, flag: str, config: DecTConfig):
+    """A .csv, .json or .jsonl file as a DataFrame with the configured columns and at least one row."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file.")
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
     if extension not in ("csv", "json", "jsonl"):
-        raise ValueError(f"`--train_file` must be .csv, .json or .jsonl, got {run.train_file!r}.")
-    data = load_dataset("csv" if extension == "csv" else "json", data_files=files)
-    return data["train"], data.get("test")
+        raise UsageError(f"{flag} {path}: the file must be .csv, .json or .jsonl.")
+    text_columns = [c for c in (config.text_column, config.text_pair_column) if c]
+    try:
+        if extension == "csv":  # texts stay texts ("123", an empty cell), labels are parsed as pandas reads them
+            frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
+        else:
+            frame = pd.read_json(path, lines=extension == "jsonl", dtype=dict.fromkeys(text_columns, str))
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{flag} {path}: the file is empty; it needs a header row and one example per row.") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise UsageError(f"{flag} {path}: not readable as {extension.upper()} ({str(err).splitlines()[0]}).") from None
+    missing = [c for c in (*text_columns, config.label_column) if c not in frame.columns]
+    if missing:
+        flags = {config.text_column: "--text_column", config.label_column: "--label_column"}
+        raise UsageError(
+            f"{flag} {path}: no column {missing[0]!r} (its columns: {list(map(str, frame.columns))}); name the right "
+            f"one with {flags.get(missing[0], '--text_pair_column')}."
+        )
+    if frame.empty:
+        raise UsageError(f"{flag} {path}: the file has a header but no examples.")
+    return frame
+
+
+def _check_labels(train, test, run: DecTRunArguments, config: DecTConfig) -> None:
+    """Before any query: the training labels name classes of `--labels`, and the test labels are ones the
+    training data has (else the whole fit would run before the test set is refused)."""
+    from .data import label_indices
+
+    train_labels = list(train[config.label_column])
+    try:
+        label_indices(train_labels, config.labels)
+    except ValueError:
+        unknown = sorted(
+            {str(v) for v in train_labels} - set(config.labels) - set(map(str, range(len(config.labels))))
+        )
+        raise UsageError(
+            f"the training labels {unknown[:10]} are not class names of --labels {config.labels}: give --labels with "
+            "the names the data uses, one per --label_words entry, in the same order (or use class indices 0.."
+            f"{len(config.labels) - 1})."
+        ) from None
+    if test is not None:
+        unseen = sorted({str(v) for v in test[config.label_column]} - {str(v) for v in train_labels})
+        if unseen:
+            where = f"--test_file {run.test_file}" if run.test_file else f"split {run.test_split!r}"
+            raise UsageError(
+                f"{where}: labels {unseen[:10]} never occur in the training data; DecT cannot learn them."
+            )
 
 
 def check_option_names(parser: HfArgumentParser, given: list[str], where: str = "option") -> None:
@@ -127,7 +202,8 @@ def dect_main(argv: list[str]) -> dict:
     from .data import few_shot
     from .model import DecTModel
 
-    train, test = _load_splits(run)
+    train, test = _load_splits(run, config)
+    _check_labels(train, test, run, config)
     if run.shots is not None:
         train = few_shot(train, config.label_column, run.shots, config.head_seed)
     backbone, tokenizer = run.base_model()
@@ -153,16 +229,37 @@ def dect_main(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`hf-frozen ...`. A mistake in the command line, the data or the model named (a missing column, an empty
+    file, an unknown label, a path that does not exist) is one line on stderr and exit status 2; `--debug` shows
+    the traceback instead."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="hf-frozen", description="Frozen-decoder and DecT adapters.")
     parser.add_argument("--version", action="version", version=f"hf-frozen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("dect", help="fit and evaluate a DecT head; `hf-frozen dect --help` lists options",
                         add_help=False)  # fmt: skip
     args, rest = parser.parse_known_args(argv)
-    if args.command == "dect":
-        dect_main(rest)
+    try:
+        if args.command == "dect":
+            dect_main(rest)
+    except Exception as err:  # noqa: BLE001 - sorted below: a user's mistake is one line, a bug keeps its traceback
+        if debug or not is_user_error(err):
+            raise
+        message = " ".join(str(err).split())
+        print(f"hf-frozen {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
     return 0
+
+
+def is_user_error(err: Exception) -> bool:
+    """What a user can cause and fix: a bad option or value (`ValueError`: `UsageError`, a config's checks, a damaged
+    artifact), a missing file or package, or an error hf-frozen raises (an endpoint that refuses)."""
+    return isinstance(err, (ValueError, FileNotFoundError, ImportError)) or type(err).__module__.startswith(
+        "hf_frozen."
+    )
 
 
 if __name__ == "__main__":

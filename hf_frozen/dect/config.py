@@ -110,8 +110,10 @@ class DecTConfig(FrozenAdapterConfig):
     label_words: list[str] = dataclasses.field(
         default_factory=list,
         # `required`: a command line without it is refused by name, before the config is built.
-        metadata={"help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'.",
-                  "required": True},  # fmt: skip
+        metadata={
+            "help": "One entry per class, in class order; alternatives joined by '|', e.g. 'great|good'.",
+            "required": True,
+        },  # fmt: skip
     )
     labels: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "Class names in class order; unset: the first label word of each class."}

