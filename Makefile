@@ -37,7 +37,7 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 
 setup-demo: $(VENV)/.demo-installed
 
-# The main job: DecT with SmolLM2-135M-Instruct on Rotten Tomatoes, offline.
+# The main job: DecT with SmolLM2-135M-Instruct on Rotten Tomatoes and 2016 election tweets, offline.
 demo: setup-demo
 	$(PY) examples/dect_demo.py
 

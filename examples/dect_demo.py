@@ -60,6 +60,15 @@ TASKS = {
 }
 
 
+# What the demo prints for each task. The README shows a real run of it; tests/test_examples.py checks that the
+# README's block still has this form.
+SUMMARY = """{title}, {shots} training examples per class, {test_examples} test examples:
+  the prompt alone: {calibrated:.1%} (calibrated), {uncalibrated:.1%} (uncalibrated)
+  DecT:             {dect:.1%} ({gain:+.1f} points over the prompt's better scoring)
+  Cross-validation on the training examples chose {choice}.
+  Choosing and training the head took {head_seconds:.2f}s; {queries} backbone queries this run."""
+
+
 def explain(dect) -> str:
     """What cross-validation on the training examples chose, in words."""
     r = dect.record
@@ -116,16 +125,12 @@ def main() -> None:
             "test_examples": len(split["test"]),
         }
         prompt_best = max(results["zero_shot_calibrated"], results["zero_shot_uncalibrated"])
-        lines += [
-            f"{title}, {args.shots} training examples per class, {len(split['test'])} test examples:",
-            f"  the prompt alone: {results['zero_shot_calibrated']:.1%} (calibrated), "
-            f"{results['zero_shot_uncalibrated']:.1%} (uncalibrated)",
-            f"  DecT:             {results['dect']:.1%} ({100 * (results['dect'] - prompt_best):+.1f} points over the "
-            f"prompt's better scoring)",
-            f"  Cross-validation on the training examples chose {explain(dect)}.",
-            f"  Choosing and training the head took {dect.fit_seconds['training']:.2f}s; "
-            f"{dect.num_queries} backbone queries this run.",
-        ]
+        lines += SUMMARY.format(
+            title=title, shots=args.shots, test_examples=len(split["test"]),
+            calibrated=results["zero_shot_calibrated"], uncalibrated=results["zero_shot_uncalibrated"],
+            dect=results["dect"], gain=100 * (results["dect"] - prompt_best), choice=explain(dect),
+            head_seconds=dect.fit_seconds["training"], queries=dect.num_queries,
+        ).splitlines()  # fmt: skip
     print(json.dumps(summaries, indent=2))
     print("\n" + "\n".join(lines))
 
