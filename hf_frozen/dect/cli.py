@@ -191,6 +191,9 @@ def check_option_names(parser: HfArgumentParser, given: list[str], where: str = 
 
 def dect_main(argv: list[str]) -> dict:
     parser = HfArgumentParser((DecTRunArguments, DecTConfig), prog="hf-frozen dect")
+    for action in parser._actions:  # `--help` states no default for an option that must be given
+        if action.required:
+            action.default = argparse.SUPPRESS
     if len(argv) == 1 and argv[0].endswith(".json"):
         with open(argv[0], encoding="utf-8") as f:
             check_option_names(parser, list(json.load(f)), where="key in the JSON file")
