@@ -88,53 +88,35 @@ def populate(hub_cache: Path) -> None:
         tok.save_pretrained(folder)
 
 
-# Imported by the snippets' interpreter (as `sitecustomize`): uploads land in the offline cache.
-SITECUSTOMIZE = """
-import os, shutil
-from pathlib import Path
-from types import SimpleNamespace
+def upload_hook() -> None:
+    """Make `HfApi.create_repo` / `upload_folder` write into the offline cache (`$HF_HOME/hub`), so that a pushed
+    repo loads by its id afterwards. Run in the snippets' interpreter by the `sitecustomize` that `install` writes."""
+    import os
+    from types import SimpleNamespace
 
-import huggingface_hub
+    import huggingface_hub
 
-HUB_CACHE = Path(os.environ["HF_HOME"]) / "hub"
-REVISION = "0" * 40
+    hub_cache = Path(os.environ["HF_HOME"]) / "hub"
 
+    def create_repo(self, repo_id, *args, **kwargs):
+        snapshot_folder(hub_cache, repo_id)
+        return SimpleNamespace(repo_id=repo_id, url=f"https://huggingface.co/{repo_id}")
 
-def _folder(repo_id):
-    repo = HUB_CACHE / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(REVISION)
-    folder = repo / "snapshots" / REVISION
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    def upload_folder(self, *args, repo_id=None, folder_path=None, path_in_repo=None, ignore_patterns=None, **kw):
+        target = snapshot_folder(hub_cache, repo_id) / (path_in_repo or "")
+        ignore = shutil.ignore_patterns(*ignore_patterns) if ignore_patterns else None
+        shutil.copytree(folder_path, target, dirs_exist_ok=True, ignore=ignore)
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0", oid=REVISION,
+                               done=lambda: True, is_done=lambda: True)  # fmt: skip
 
-
-def create_repo(self, repo_id, *args, **kwargs):
-    _folder(repo_id)
-    return SimpleNamespace(repo_id=repo_id, url=f"https://huggingface.co/{repo_id}")
-
-
-def upload_folder(self, *args, repo_id=None, folder_path=None, path_in_repo=None, ignore_patterns=None, **kwargs):
-    target = _folder(repo_id) / (path_in_repo or "")
-    shutil.copytree(folder_path, target, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(*(ignore_patterns or ())) if ignore_patterns else None)
-    return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0", oid=REVISION,
-                           done=lambda: True, is_done=lambda: True)
-
-
-huggingface_hub.HfApi.create_repo = create_repo
-huggingface_hub.HfApi.upload_folder = upload_folder
-huggingface_hub.HfApi.whoami = lambda self, *a, **k: {"name": "me"}
-"""
+    huggingface_hub.HfApi.create_repo = create_repo
+    huggingface_hub.HfApi.upload_folder = upload_folder
 
 
 def install(root: Path) -> dict[str, str]:
     """Set up the cache and the upload hook under `root`; the environment a snippet runs in."""
     populate(root / "hf" / "hub")
     (root / "site").mkdir(exist_ok=True)
-    (root / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return {"HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root / "site")}
-
-
-def remove(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    (root / "site" / "sitecustomize.py").write_text("from tests.offline_hub import upload_hook\n\nupload_hook()\n")
+    repo = Path(__file__).resolve().parent.parent
+    return {"HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{root / 'site'}:{repo}"}
