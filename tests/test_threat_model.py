@@ -190,3 +190,22 @@ def test_resizing_the_embeddings_after_wrapping_is_refused_at_once(train_encoder
             resize(120)
     model.save_pretrained(tmp_path / "artifact")  # nothing was changed: the save goes through
     assert model.get_base_model().get_input_embeddings().weight.shape[0] == 99
+
+
+def test_links_of_a_hub_cache_snapshot_are_followed_and_others_are_not(tmp_path):
+    """The Hub's cache keeps a repo's files as links from `snapshots/<rev>/` into `blobs/`, in task subfolders too
+    (a multi-encoder set pushed as one repo): those load; a link out of the repo does not."""
+    from hf_frozen.utils.hub import check_inside
+
+    repo = tmp_path / "models--me--set"
+    (repo / "blobs").mkdir(parents=True)
+    task = repo / "snapshots" / ("0" * 40) / "summarize"
+    task.mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text("{}")
+    os.symlink(repo / "blobs" / "abc", task / CONFIG_NAME)
+    check_inside(str(task), str(task / CONFIG_NAME))
+    check_inside(str(task.parent), str(task / CONFIG_NAME))
+    (tmp_path / "elsewhere").write_text("{}")
+    os.symlink(tmp_path / "elsewhere", task / RECORD_NAME)
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        check_inside(str(task), str(task / RECORD_NAME))

@@ -47,12 +47,14 @@ def resolve_file(
 
 def check_inside(folder: str, path: str) -> None:
     """Refuse a file of an artifact folder that is a link to somewhere outside it: loading reads inside the folder
-    only. Links of a Hub cache snapshot (`<repo>/snapshots/<revision>/<file>` -> `<repo>/blobs/<hash>`) are the
-    cache's own and are followed."""
+    only. Links of a Hub cache snapshot (`<repo>/snapshots/<revision>/[<subfolder>/]<file>` -> `<repo>/blobs/<hash>`)
+    are the cache's own and are followed."""
     real_folder = os.path.realpath(folder)
     allowed = [real_folder]
-    if os.path.basename(os.path.dirname(real_folder)) == "snapshots":
-        allowed.append(os.path.join(os.path.dirname(os.path.dirname(real_folder)), "blobs"))
+    parts = real_folder.split(os.sep)
+    if "snapshots" in parts[:-1]:  # the folder is a snapshot, or a folder inside one (a task of a set)
+        repo = os.sep.join(parts[: len(parts) - 1 - parts[::-1].index("snapshots")])
+        allowed.append(os.path.join(repo, "blobs"))
     real = os.path.realpath(path)
     if not any(os.path.commonpath([real, root]) == root for root in allowed):
         raise ArtifactError(
