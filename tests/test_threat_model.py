@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -209,3 +210,22 @@ def test_links_of_a_hub_cache_snapshot_are_followed_and_others_are_not(tmp_path)
     os.symlink(tmp_path / "elsewhere", task / RECORD_NAME)
     with pytest.raises(ArtifactError, match="outside the artifact folder"):
         check_inside(str(task), str(task / RECORD_NAME))
+
+
+def test_a_cache_folder_named_in_a_saved_head_is_never_written(tmp_path):
+    """`query_cache_dir` is the saver's own folder: a loaded head caches where its loader says, or in memory."""
+    named = tmp_path / "named-by-the-artifact"
+    dect = tiny_dect.make("causal_lm", query_cache_dir=str(named)).fit(tiny_dect.sentiment(8))
+    dect.save_pretrained(tmp_path / "head")
+    texts = tiny_dect.sentiment(4, seed=1)["text"]
+    expected = dect.predict(texts)
+    shutil.rmtree(named)
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "head", base_model=tiny_dect.backbone("causal_lm"),
+                                             tokenizer=tiny_dect.tokenizer())  # fmt: skip
+    assert loaded.predict(texts) == expected
+    assert not named.exists()
+    chosen = tmp_path / "chosen"
+    cached = AutoFrozenModel.from_pretrained(tmp_path / "head", base_model=tiny_dect.backbone("causal_lm"),
+                                             tokenizer=tiny_dect.tokenizer(), query_cache_dir=str(chosen))  # fmt: skip
+    assert cached.predict(texts) == expected
+    assert any(chosen.iterdir()) and not named.exists()

@@ -309,15 +309,20 @@ class DecTModel(CachedQueries, HubMixin):
         backbone_name: str | None = None,
         answer_placeholder: str | None = None,
         endpoint: Endpoint | None = None,
+        query_cache_dir: str | None = None,
         **base_model_kwargs: Any,
     ) -> DecTModel:
         """Load a saved head onto its backbone (the recorded one, or `base_model`), checking its fingerprint.
+
+        `query_cache_dir` is where this process caches its queries (unset: in memory). The folder a saved config
+        names is never used: it is the saver's folder, and loading writes nothing outside the artifact.
 
         A head fitted on an endpoint is reloaded only onto the endpoint the caller passes (`endpoint=` or
         `base_model=`): the URL an artifact records is shown and compared, never queried, so that a stranger's
         artifact cannot make loading send an API key anywhere.
         """
         config, record, tensors = load_adapter_files(path_or_repo_id, DecTConfig, revision, token)
+        config.query_cache_dir = query_cache_dir
         if endpoint is not None:
             if base_model is not None:
                 raise ValueError("Pass the backbone once: `endpoint=` or `base_model=`, not both.")
