@@ -20,7 +20,7 @@ DS_OPS := CPUAdamBuilder ShareMemCommBuilder
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test,deepspeed]"
+	$(PY) -m pip install -q -e ".[test,deepspeed,serve]"
 	$(PY) -c "import sys; from deepspeed.accelerator import get_accelerator as acc; \
 	  [b.load() for b in map(acc().create_op_builder, sys.argv[1:]) if b]" $(DS_OPS)
 	touch $@

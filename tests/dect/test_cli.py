@@ -45,7 +45,7 @@ def test_command_fits_evaluates_and_saves(tmp_path):
 
 
 def test_help_lists_choices_and_states_each_default_once(capsys):
-    from hf_frozen.dect.cli import main
+    from hf_frozen.cli import main
 
     with pytest.raises(SystemExit) as done:
         main(["dect", "--help"])
@@ -64,7 +64,7 @@ def test_help_and_package_import_do_not_load_torch():
         "import hf_frozen\n"
         "from hf_frozen import DecTConfig, FrozenDecoderConfig\n"
         "assert 'torch' not in sys.modules, 'importing hf_frozen and its configs loaded torch'\n"
-        "from hf_frozen.dect.cli import main\n"
+        "from hf_frozen.cli import main\n"
         "try:\n"
         "    main(['dect', '--help'])\n"
         "except SystemExit as done:\n"
@@ -80,7 +80,7 @@ def test_help_and_package_import_do_not_load_torch():
 def test_a_misspelt_option_is_named_first_and_help_groups_each_config(tmp_path, capsys):
     """`--label_words` misspelt was reported as "`label_words` needs one entry per class" (the config was built
     before the leftover options were looked at)."""
-    from hf_frozen.dect.cli import main
+    from hf_frozen.cli import main
 
     for argv, message in [
         (["--model_name_or_path", "m", "--output_dir", "o", "--lable_words", "bad", "good"],
@@ -129,7 +129,7 @@ def test_user_errors_are_one_line_exit_2_and_come_before_any_model_is_loaded(tra
     """The model named is no model at all: every data error must be found before it is loaded."""
     import re
 
-    from hf_frozen.dect.cli import main
+    from hf_frozen.cli import main
 
     argv = ["dect", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
             "--template", TEMPLATE, "--label_words", "bad", "good",
@@ -145,7 +145,7 @@ def test_user_errors_are_one_line_exit_2_and_come_before_any_model_is_loaded(tra
 
 
 def test_a_model_path_that_does_not_exist_is_named(tmp_path, capsys):
-    from hf_frozen.dect.cli import main
+    from hf_frozen.cli import main
 
     sentiment(8).to_csv(tmp_path / "train.csv")
     argv = ["dect", "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"),

@@ -70,7 +70,7 @@ def test_command_trains_and_evaluates_against_the_server(server, tmp_path, caplo
     test = [(t, "pos") for t in POSITIVE[4:]] + [(t, "neg") for t in NEGATIVE[4:]]
     write_csv(tmp_path / "train.csv", train)
     write_csv(tmp_path / "test.csv", test)
-    command = [sys.executable, "-m", "hf_frozen.dect.cli", "dect", "--endpoint", server.url,
+    command = [sys.executable, "-m", "hf_frozen.cli", "dect", "--endpoint", server.url,
                "--model_name_or_path", MODEL_NAME, "--train_file", str(tmp_path / "train.csv"),
                "--test_file", str(tmp_path / "test.csv"), "--template", TEMPLATE, "--label_words", *WORDS,
                "--labels", "neg", "pos", "--output_dir", str(tmp_path / "out"),
