@@ -8,13 +8,14 @@ adapters), saved as one multi-encoder set.
 Two layouts of the same `hf_frozen.serving` app, on the same Ray instance of 2 logical CPUs (all this machine has):
 
 - shared: one replica deployment (2 CPUs) holds the base once and multiplexes every task onto it; concurrent
-  requests of any tasks are batched into one pass (`max_batch_size` 16, wait 20 ms).
+  requests of any tasks are batched into one pass (`max_batch_size` 16, wait 20 ms; `SHARED_CPUS=1` in the
+  environment reserves 1 CPU instead).
 - per task: `ReplicaOptions(deployment_per_task=True)`: one deployment per task, each replica a whole model (base
   plus its one task), the 2 CPUs split evenly among them; each still batches its own task's requests.
 
 Ray gives each replica as many OpenMP threads as the CPUs it reserves (at least 1), so neither layout
-oversubscribes the cores much. Load: 16 concurrent clients on 127.0.0.1 (one `requests` session each), each request
-one 32-word prompt of a task drawn uniformly at random, 16 new tokens, greedy; `--requests` requests per setting
+oversubscribes the cores much. Load: 32 concurrent clients on 127.0.0.1 (one `requests` session each), each request
+one 64-word prompt of a task drawn uniformly at random, 64 new tokens, greedy; `--requests` requests per setting
 after a warm-up that touches every task once, stopping early after `--max_seconds`. Memory: the resident set (RSS)
 of every replica process of the app, read from /proc. Outputs of a sample of requests are compared with
 `MultiEncoderModel.generate` in this process.
