@@ -12,6 +12,7 @@ from typing import Any
 
 from ray import serve
 
+from ..config import check_positive
 from .catalog import CLASSIFICATION, GENERATION, ServedTask, one_base
 from .classification import ClassificationReplica
 from .generation import GenerationReplica
@@ -49,13 +50,9 @@ class ReplicaOptions:
 
     def __post_init__(self) -> None:
         for name in ("num_replicas", "max_tasks_per_replica", "max_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_positive(self, name, integer=True)
         for name in ("batch_wait_timeout_s", "num_cpus", "num_gpus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+            check_positive(self, name, allow_zero=True)
 
     def deployment(self, cls: type, name: str) -> Any:
         # A replica takes up to one batch being answered plus one filling.

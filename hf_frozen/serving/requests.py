@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
+from ..config import check_positive
 from .catalog import CLASSIFICATION, GENERATION, ServedTask
 
 ROUTES = {GENERATION: "POST /v1/completions", CLASSIFICATION: "POST /v1/classifications"}
@@ -35,9 +36,7 @@ class ApiLimits:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{field.name}` must be a positive integer, got {value!r}.")
+            check_positive(self, field.name, integer=True)
 
 
 class ApiError(Exception):

@@ -271,3 +271,19 @@ def test_a_replica_killed_under_load_loses_no_request_of_a_client_that_retries(s
         assert [(final, text) for _, final, text in results] == [(200, expected[pair]) for pair in distinct * 10]
     finally:
         serve.delete("killable")
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda: ReplicaOptions(num_replicas=0), "num_replicas"),
+        (lambda: ReplicaOptions(max_tasks_per_replica=True), "max_tasks_per_replica"),
+        (lambda: ReplicaOptions(num_cpus=float("nan")), "num_cpus"),
+        (lambda: ReplicaOptions(batch_wait_timeout_s=-1), "batch_wait_timeout_s"),
+        (lambda: ApiLimits(max_prompts=0), "max_prompts"),
+        (lambda: ApiLimits(max_request_bytes=1.5), "max_request_bytes"),
+    ],
+)
+def test_bad_server_settings_are_refused_naming_the_field(make, named):
+    with pytest.raises(ValueError, match=f"`{named}` must be"):
+        make()
