@@ -111,7 +111,7 @@ def run_server(
 ) -> None:
     """Start Ray (in this process, or joined to the cluster at `address`), serve `app` at
     `http://host:port{route_prefix}` as the application `name`, and with `block=True` wait until interrupted (Ctrl-C
-    shuts the application down). Ray Serve has one HTTP address per cluster: the first application started sets it,
+    shuts Serve down). Ray Serve has one HTTP address per cluster: the first application started sets it,
     others are told apart by `route_prefix`."""
     import ray
 
@@ -125,4 +125,4 @@ def run_server(
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.delete(name)
+        serve.shutdown()
