@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..frozen_decoder.task_names import check_task_name
-
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -61,8 +59,7 @@ def serve_main(argv: list[str], block: bool = True) -> None:
 
     tasks: dict[str, str] = {}
     for value in args.task:
-        name, source = parse_task_option(value)
-        check_task_name(name)
+        name, source = parse_task_option(value)  # the name is checked with the others in task_catalog
         if name in tasks:
             raise ValueError(f"--task {name}=... is given twice: give each task one name.")
         tasks[name] = source
