@@ -100,6 +100,8 @@ def task_catalog(
             add(ServedTask(name, GENERATION, task_folder, None, config.to_dict(),
                            set_record.task_weights_sha256[name], set_config.base_model_name_or_path))  # fmt: skip
 
+    for name in tasks or {}:  # every name before any file is read
+        check_task_name(name)
     for name, source in (tasks or {}).items():
         config_path = resolve_file(source, CONFIG_NAME, revision=revision, token=token)
         adapter_type = read_json_object(config_path).get("adapter_type")
