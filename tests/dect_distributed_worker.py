@@ -37,8 +37,8 @@ def main(folder: str) -> None:
     fit_queries = fitted.num_queries
     hidden, scores = fitted.extract(train["text"])  # all cached now, on every process
 
-    dect = make("causal_lm", zero_shot_weight=0.5)  # memory cache only: queries again, shared again
-    head = dect.new_head(hidden.shape[1])
+    dect = make("causal_lm", zero_shot_weight=0.5, head="prototype")  # memory cache only: queries again, shared
+    head = dect.new_head()
     trainer = Trainer(model=head, args=args, train_dataset=train, data_collator=DecTCollator(dect),
                       callbacks=[DecTCallback(dect)])  # fmt: skip
     trainer.train()
@@ -51,11 +51,12 @@ def main(folder: str) -> None:
         "fit_head": fingerprint_tensors(fitted.head.state_dict()),
         "trainer_queries": dect.num_queries,
         "trainer_wrapper": type(trainer.model_wrapped).__name__,
-        "trainer_head": fingerprint_tensors(dict(head.state_dict())),
+        "trainer_head": fingerprint_tensors(dict(head.head.state_dict())),
         "global_step": trainer.state.global_step,
     }
     if trainer.is_world_process_zero():
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(folder, "head.safetensors"))
+        save_file({k: v.contiguous() for k, v in head.head.state_dict().items()},
+                  os.path.join(folder, "head.safetensors"))  # fmt: skip
     with open(os.path.join(folder, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
     leave_together()

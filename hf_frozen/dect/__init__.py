@@ -8,7 +8,7 @@ _EXPORTS = {
     "DecTCallback": ".callback",
     "DecTCollator": ".callback",
     "DecTConfig": ".config",
-    "DecTHead": ".head",
+    "DecTHead": ".heads",
     "DecTModel": ".model",
     "DecTRecord": ".record",
     "Endpoint": ".backbones.endpoint",
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .backbones.http_client import EndpointError
     from .callback import DecTCallback, DecTCollator
     from .config import DecTConfig
-    from .head import DecTHead
+    from .heads import DecTHead
     from .model import DecTModel
     from .record import DecTRecord
 else:

@@ -141,11 +141,12 @@ class CachedQueries:
     Args:
         backbone: what answers the queries.
         config ([`DecTConfig`]): the prompt settings (part of every key), `batch_size` and `query_cache_dir`.
+        settings (`dict`, *optional*): the settings part of every key, when not the prompt's (a feature model's).
     """
 
-    def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
+    def __init__(self, backbone: Backbone, config: DecTConfig, settings: dict[str, Any] | None = None) -> None:
         self.backbone = backbone
-        self.settings = query_settings(config)
+        self.settings = query_settings(config) if settings is None else settings
         self.batch_size = config.batch_size
         self.cache = QueryCache(config.query_cache_dir)
         self.num_queries = 0  # backbone queries made: one per uncached example

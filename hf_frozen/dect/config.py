@@ -40,9 +40,10 @@ class DecTConfig(FrozenAdapterConfig):
             prefix puts the label word where the answer slot reads it.
         text_column (`str`, defaults to `"text"`), text_pair_column (`str`, *optional*), label_column
             (`str`, defaults to `"label"`): dataset columns.
-        head (`str`, defaults to `"auto"`): the head `fit` trains: `"prototype"` (the paper's prototype
-            decoder), `"linear"` (a regularised logistic regression on the standardised hidden states, the prompt's
-            scores as an offset), or `"auto"`: whichever cross-validation on the training cache prefers.
+        head (`str`, defaults to `"auto"`): the head `fit` (and `DecTCallback`) trains: `"prototype"` (the paper's
+            prototype decoder), `"linear"` (a regularised logistic regression on the standardised features, the
+            prompt's scores as an offset whose weight it learns), `"prompt"` (the prompt alone, nothing trained), or
+            `"auto"`: whichever of the three cross-validation on the training cache prefers.
         regularization_candidates (`list[float]`, defaults to `[0.001, 0.01, 0.1, 1.0, 10.0]`): the linear head's
             inverse L2 strengths C (scikit-learn's convention) that cross-validation chooses among, each with both
             feature scalings (per dimension, and one scale for all dimensions).
@@ -66,6 +67,14 @@ class DecTConfig(FrozenAdapterConfig):
             largest per-dimension root mean square over 8 times the median), as in decoder LMs' massive
             activations (SmolLM2: about 23 times); it helps there and hurts already well-scaled sentence
             embeddings (MiniLM: about 2 times), see docs/dect.md.
+        feature_model_name_or_path (`str`, *optional*): Hub id or local path of a second model whose pooled
+            embedding of the text (not the prompt) is the head's features, in place of the backbone's hidden state;
+            filled in from `get_frozen_model(..., feature_model=)`. Unset: the backbone's own hidden states.
+        feature_pooling (`str`, defaults to `"auto"`): how the feature model's token states become one vector:
+            `"mean"` over the text's tokens, `"cls"` (the first token), `"max"`, `"last"` (the last token, for
+            decoders), or `"auto"`: what a sentence-transformers folder declares (`modules.json`,
+            `1_Pooling/config.json`, read without the sentence-transformers package), else `"last"` for a decoder
+            and `"mean"` for an encoder.
         hidden_pooling (`str`, defaults to `"answer"`): the hidden state at the answer position, or `"mean"`
             over the prompt's tokens (for encoders trained for mean pooling, such as sentence transformers).
         batch_size (`int`, defaults to `16`): backbone queries per forward pass.
@@ -129,10 +138,21 @@ class DecTConfig(FrozenAdapterConfig):
         default=None, metadata={"help": "Dataset column with the second text of a pair, if any."}
     )
     label_column: str = dataclasses.field(default="label", metadata={"help": "Dataset column with the label."})
-    head: Literal["auto", "prototype", "linear"] = dataclasses.field(
+    head: Literal["auto", "prototype", "linear", "prompt"] = dataclasses.field(
         default="auto",
-        metadata={"help": "The head fit trains: the paper's prototype decoder, a linear head, or auto (by CV)."},
-    )
+        metadata={"help": "The head fit trains: the paper's prototype decoder, a linear head, the prompt alone, or "
+                  "auto (by cross-validation)."},
+    )  # fmt: skip
+    feature_model_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Hub id or local path of a second model (e.g. a sentence encoder) whose pooled embedding "
+                  "of the text is the head's features; unset: the backbone's hidden states."},
+    )  # fmt: skip
+    feature_pooling: Literal["auto", "mean", "cls", "max", "last"] = dataclasses.field(
+        default="auto",
+        metadata={"help": "Pooling of the feature model's token states; auto: its sentence-transformers config, else "
+                  "last token (decoders) or mean (encoders)."},
+    )  # fmt: skip
     regularization_candidates: list[float] = dataclasses.field(
         default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0],
         metadata={"help": "Inverse L2 strengths C of the linear head that cross-validation chooses among."},
@@ -252,8 +272,12 @@ class DecTConfig(FrozenAdapterConfig):
                 f"`steps_candidates` must be a non-empty list of integers >= 1 (e.g. [10, 30]), got "
                 f"{self.steps_candidates!r}."
             )
-        if self.head not in ("auto", "prototype", "linear"):
-            raise ValueError(f"`head` must be 'auto', 'prototype' or 'linear', got {self.head!r}.")
+        if self.head not in ("auto", "prototype", "linear", "prompt"):
+            raise ValueError(f"`head` must be 'auto', 'prototype', 'linear' or 'prompt', got {self.head!r}.")
+        if self.feature_pooling not in ("auto", "mean", "cls", "max", "last"):
+            raise ValueError(
+                f"`feature_pooling` must be 'auto', 'mean', 'cls', 'max' or 'last', got {self.feature_pooling!r}."
+            )
         if not self.regularization_candidates or any(
             isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0
             for c in self.regularization_candidates

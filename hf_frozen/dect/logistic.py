@@ -39,13 +39,18 @@ def solve_logistic(
     in_training: torch.Tensor | None = None,
     tolerance: float = 1e-6,
     max_iterations: int = 1000,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    learn_offset_weight: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Solve the problems above, each to its own minimum (to `tolerance`).
 
     `features` (N, d) with `offsets` (N, C) or a number and `regularization` a number is one problem, and returns
     W (d, C) and b (C,). `features` (G, N, d) are G feature groups, each shared by P problems that differ in their
     offset and C: `offsets` (G, P, N, C) and `regularization` (G, P), with `in_training` (G, N) the rows each group
     fits (all rows by default). Returns W (G, P, d, C) and b (G, P, C).
+
+    With `learn_offset_weight`, each problem also learns a weight lambda of its offsets, unpenalised (logits
+    x W + b + lambda * offset): the linear head learns how far to trust the prompt instead of trying a grid of fixed
+    weights, one problem where there were six. Returns (W, b, lambda), lambda (G, P) or a 0-d tensor for one problem.
 
     `tolerance` bounds each problem's largest preconditioned gradient entry, relative to the number of rows it fits;
     a problem also stops when a step no longer lowers its loss (float32 rounding). Measured against scikit-learn's
@@ -76,27 +81,39 @@ def solve_logistic(
     scale = (singular.square().unsqueeze(1) / 4 + 1 / strength.unsqueeze(2)).sqrt()  # (G, P, r)
     bias_scale = (counts / 4).sqrt().clamp_min(1.0)  # (G, 1, 1)
     penalty = 1 / (2 * strength.unsqueeze(2) * scale.square())  # per preconditioned coordinate
+    linear_size = (rank + 1) * num_classes
+    # The offset weight's curvature is at most the sum over rows of (spread of the row's offsets)^2 / 4.
+    spread = offsets.amax(3) - offsets.amin(3)  # (G, P, n)
+    offset_scale = ((spread.square() * weights).sum(2) / 4).sqrt().clamp_min(1.0)  # (G, P)
 
-    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.view(groups, problems, rank + 1, num_classes)
-        return x[:, :, :rank] / scale.unsqueeze(3), x[:, :, rank] / bias_scale  # (G, P, r, C), (G, P, C)
+    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = x.view(groups, problems, -1)
+        linear = x[:, :, :linear_size].reshape(groups, problems, rank + 1, num_classes)
+        # (G, P, r, C), (G, P, C), (G, P)
+        offset_weight = x[:, :, linear_size] / offset_scale if learn_offset_weight else torch.ones(groups, problems)
+        return linear[:, :, :rank] / scale.unsqueeze(3), linear[:, :, rank] / bias_scale, offset_weight
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        coefficient, bias = unpack(x)
+        coefficient, bias, offset_weight = unpack(x)
         # One (n, r) x (r, P * C) product per group: the P problems share the group's coordinates.
         stacked = coefficient.permute(0, 2, 1, 3).reshape(groups, rank, problems * num_classes)
         products = torch.bmm(coordinates, stacked)
-        logits = products.view(groups, fitted, problems, num_classes).transpose(1, 2) + bias.unsqueeze(2) + offsets
+        logits = products.view(groups, fitted, problems, num_classes).transpose(1, 2) + bias.unsqueeze(2)
+        logits = logits + offset_weight.view(groups, problems, 1, 1) * offsets
         per_example = -(logits.log_softmax(-1).gather(3, targets.unsqueeze(3)).squeeze(3))  # (G, P, n)
         data = (per_example * weights).sum(2)
-        prior = (penalty * x.view(groups, problems, rank + 1, num_classes)[:, :, :rank].square().sum(3)).sum(2)
+        linear = x.view(groups, problems, -1)[:, :, :linear_size].reshape(groups, problems, rank + 1, num_classes)
+        prior = (penalty * linear[:, :, :rank].square().sum(3)).sum(2)
         return (data + prior).reshape(-1)  # (G * P,)
 
-    x = minimize_each(objective, torch.zeros(groups * problems, (rank + 1) * num_classes),
+    size = linear_size + (1 if learn_offset_weight else 0)
+    x = minimize_each(objective, torch.zeros(groups * problems, size),
                       tolerance * counts.expand(groups, problems, 1).reshape(-1), max_iterations)  # fmt: skip
-    coefficient, bias = unpack(x)
+    coefficient, bias, offset_weight = unpack(x)
     weight = torch.einsum("gdr,gprc->gpdc", basis, coefficient)
-    return (weight[0, 0], bias[0, 0]) if single else (weight, bias)
+    if single:
+        weight, bias, offset_weight = weight[0, 0], bias[0, 0], offset_weight[0, 0]
+    return (weight, bias, offset_weight) if learn_offset_weight else (weight, bias)
 
 
 def principal_coordinates(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """`DecTModel`: a frozen backbone behind a query cache, plus a DecT head: fit, predict, evaluate, save and load.
 
 How the pieces fit (docs/architecture.md draws it): `data.py` reads examples, `cache.py` answers them from the
-cache or the backbone (`backbones/`, one query per example), `selection.py` chooses calibration, weight and
-steps on the training cache, `head.py` trains the prototype decoder, and `record.py` keeps what fitting chose.
+cache or the backbone (`backbones/`, one query per example) and, with a second model, the features from it
+(`features.py`), `selection.py` chooses calibration and the head on the training cache, `heads/` trains it, and
+`record.py` keeps what fitting chose.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from .backbones import AUTO_CLASSES, Backbone, Endpoint, build_backbone, load_ba
 from .cache import CachedQueries
 from .config import DecTConfig
 from .data import is_table, read_examples
-from .head import DecTHead, LinearHead, fit_linear_head, train_head
+from .features import FeatureModel, build_feature_model, feature_query_settings
+from .heads import HEADS, Head
 from .record import DecTRecord
-from .selection import PROMPT_ONLY, choose_head_settings
+from .selection import choose_head_settings
 
 logger = get_logger(__name__)
 
@@ -56,12 +58,16 @@ class DecTModel(CachedQueries, HubMixin):
     # The `hf_frozen.pipeline` tasks this model runs.
     PIPELINE_TASKS = ("text-classification", "sentiment-analysis")
 
-    def __init__(self, backbone: Backbone, config: DecTConfig) -> None:
+    def __init__(self, backbone: Backbone, config: DecTConfig, features: FeatureModel | None = None) -> None:
         self.config = copy.deepcopy(config)
         super().__init__(backbone, self.config)
         self.record = DecTRecord(backbone_kind=backbone.kind, backbone_fingerprint=backbone.fingerprint,
                                  backbone_settings_fingerprint=backbone.settings_fingerprint)  # fmt: skip
-        self.head: DecTHead | None = None
+        # The second model the head's features come from (None: the backbone's hidden states), cached apart.
+        self.feature_queries = None
+        if features is not None:
+            self.feature_queries = CachedQueries(features, self.config, feature_query_settings(self.config))
+        self.head: Head | None = None
         self.calibration: torch.Tensor | None = None  # label-word log-probabilities of the empty input, (C,)
         self.cv_results: dict[str, dict[str, float]] = {}
         self.cv_choice = ""  # the key of the last fit's choice in `cv_results`
@@ -80,6 +86,9 @@ class DecTModel(CachedQueries, HubMixin):
         tokenizer: Any = None,
         backbone_name: str | None = None,
         answer_placeholder: str | None = None,
+        feature_model: Any = None,
+        feature_tokenizer: Any = None,
+        feature_name: str | None = None,
     ) -> DecTModel:
         """What `hf_frozen.get_frozen_model` calls.
 
@@ -91,9 +100,20 @@ class DecTModel(CachedQueries, HubMixin):
             tokenizer: the model's tokenizer (transformers models only).
             backbone_name: for callables, a name and version of the model behind it, part of the cache key.
             answer_placeholder: for callables, the text put in the `{answer}` slot (default: prompt cut there).
+            feature_model: a second model whose pooled embedding of the text is the head's features (a
+                transformers model, an `Endpoint` or a callable `fn(texts) -> (N, d)`; see `features.py`); unset:
+                the backbone's hidden states. The backbone then only gives the prompt's label-word scores.
+            feature_tokenizer: the feature model's tokenizer (transformers models only).
+            feature_name: for a callable feature model, its name and version, part of its cache key.
         """
         config = copy.deepcopy(config)
-        backbone = build_backbone(model, config, tokenizer, backbone_name, answer_placeholder)
+        features = None
+        if feature_model is not None:
+            features = build_feature_model(feature_model, feature_tokenizer, config, feature_name)
+            if config.feature_model_name_or_path is None:
+                config.feature_model_name_or_path = features.source.name_or_path
+        backbone = build_backbone(model, config, tokenizer, backbone_name, answer_placeholder,
+                                  want_hidden=features is None)  # fmt: skip
         if config.backbone_name_or_path is None:
             if backbone.kind == "callable":
                 config.backbone_name_or_path = backbone_name
@@ -101,7 +121,7 @@ class DecTModel(CachedQueries, HubMixin):
                 config.backbone_name_or_path = model.model
             else:
                 config.backbone_name_or_path = getattr(model.config, "_name_or_path", None) or None
-        dect = cls(backbone, config)
+        dect = cls(backbone, config, features)
         if backbone.kind == "endpoint":
             dect.record.endpoint = model.saved_settings()
         return dect
@@ -132,6 +152,19 @@ class DecTModel(CachedQueries, HubMixin):
         """Whether zero-shot scores are calibrated: as chosen by `fit`, else as configured (unset: yes)."""
         return self.record.calibrate if self.record.calibrate is not None else self.config.calibrate is not False
 
+    def extract(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str | None] | None = None,
+        split_across_processes: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's features (N, d) and the raw label-word scores (N, C) or None, each example queried once: the
+        features from the feature model when there is one (`CachedQueries.extract` otherwise)."""
+        hidden, raw = super().extract(texts, text_pairs, split_across_processes)
+        if self.feature_queries is not None:
+            hidden, _ = self.feature_queries.extract(texts, text_pairs, split_across_processes)
+        return hidden, raw
+
     def features(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(hidden, zero-shot scores as in use or None, labels or None) of a dataset, from the cache."""
         texts, pairs, labels = read_examples(dataset, self.config, need_labels=False)
@@ -149,50 +182,45 @@ class DecTModel(CachedQueries, HubMixin):
 
     # -- training (selection.py, head.py) --------------------------------------------------------------------
 
-    def new_head(self, hidden_size: int | None = None, head_type: str | None = None) -> DecTHead | LinearHead:
-        """A fresh, untrained head sized for this backbone: of `head_type`, by default the type the last fit chose
-        (the prototype head before any fit; it is the one to train in a `Trainer`, see `DecTCallback`)."""
-        if hidden_size is None:
-            # The empty input is the calibration query anyway: its answer tells the hidden size.
-            hidden_size = self.record.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
-        c = self.config
-        if (head_type or self.record.head_type) == "linear":
-            return LinearHead(hidden_size, c.num_classes, self.record.regularization or 1.0,
-                              self.record.scaling or "per_dimension")  # fmt: skip
-        return DecTHead(hidden_size, c.num_classes, c.projection_dim, c.head_seed, standardize=c.standardize_hidden)
+    def hidden_size(self) -> int:
+        """The size of the features the head reads: as fitted, else from the empty input's answer (which is the
+        calibration query anyway)."""
+        return self.record.hidden_size or self.extract(*self.calibration_input())[0].shape[1]
+
+    def build_head(self, hidden_size: int | None = None) -> Head:
+        """A fresh, untrained head of the type and settings the last fit chose (the prototype head before any)."""
+        settings = {name: getattr(self.record, name) for name in ("zero_shot_weight", "steps", "regularization",
+                                                                   "scaling")}  # fmt: skip
+        return HEADS[self.record.head_type or "prototype"].build(hidden_size or self.hidden_size(), self.config,
+                                                                 settings)  # fmt: skip
+
+    def new_head(self):
+        """The module a `Trainer` trains: `DecTCallback` chooses the head inside it at train begin, as `fit`
+        does (see `callback.DecTTrainerHead`)."""
+        from .callback import DecTTrainerHead
+
+        return DecTTrainerHead(self)
 
     def choose_head(self, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
-                    steps: list[int] | None = None, head_types: list[str] | None = None) -> None:  # fmt: skip
-        """Choose calibration, head type, zero-shot weight and steps or regularisation on the training cache
-        (`selection.py`), and record them."""
-        choice = choose_head_settings(hidden, raw, labels, self.config, self.zero_shot_scores,
-                                      self.new_head(hidden.shape[1], "prototype"), steps, head_types)  # fmt: skip
+                    steps: list[int] | None = None) -> None:  # fmt: skip
+        """Choose calibration, the head type and its settings on the training cache (`selection.py`), and record
+        them (a head that learns its zero-shot weight records it once fitted, `use_head`)."""
+        choice = choose_head_settings(hidden, raw, labels, self.config, self.zero_shot_scores, steps)
         self.cv_results, self.cv_choice = choice.cv_results, choice.name
         r = self.record
-        r.hidden_size, r.calibrate, r.zero_shot_weight = hidden.shape[1], choice.calibrate, choice.zero_shot_weight
-        r.head_type, r.regularization, r.scaling = choice.head_type, choice.regularization, choice.scaling
-        r.steps = choice.steps if choice.head_type == "prototype" else 0  # the linear head is solved, not stepped
+        r.hidden_size, r.calibrate, r.head_type = hidden.shape[1], choice.calibrate, choice.candidate.head.kind
+        r.zero_shot_weight = r.steps = r.regularization = r.scaling = None
+        for name, value in choice.candidate.settings:
+            setattr(r, name, value)
+        if self.feature_queries is not None:
+            r.feature_model = self.feature_queries.backbone.record()
 
-    def prepare_head(self, head: DecTHead, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
-                     steps: list[int] | None = None, initialize: bool = True) -> torch.Tensor | None:  # fmt: skip
-        """Choose calibration, zero-shot weight and steps (among `steps`, by default the configured ones) for the
-        prototype `head` on the training cache, record them, and set `head` up to train from there
-        (`initialize=False`: keep its weights, as when a Trainer resumes). Returns the zero-shot scores in use."""
-        if hidden.shape[1] != head.projection.in_features:
-            raise ValueError(
-                f"The head expects hidden size {head.projection.in_features}, the backbone gives {hidden.shape[1]}."
-            )
-        self.choose_head(hidden, raw, labels, steps, head_types=[head.kind])
-        if initialize:
-            weight = self.record.zero_shot_weight
-            head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
-            head.initialize(hidden, labels)
-        return None if raw is None else self.zero_shot_scores(raw)
-
-    def use_head(self, head: DecTHead, steps: int) -> None:
-        """Make a trained head the one `predict` uses, recording the steps it was trained for."""
+    def use_head(self, head: Head) -> None:
+        """Make a trained head the one `predict` uses, recording its settings."""
         self.head = head.eval()
-        self.record.steps = steps
+        self.record.head_type = head.kind
+        for name, value in head.settings().items():
+            setattr(self.record, name, value)
 
     def fit(self, dataset: Any, split_across_processes: bool = False) -> DecTModel:
         """Query the backbone for uncached examples, then train the head on the cache.
@@ -207,15 +235,9 @@ class DecTModel(CachedQueries, HubMixin):
         hidden, raw, labels = self.training_features(dataset, split_across_processes)
         extracted = time.perf_counter()
         self.choose_head(hidden, raw, labels)
-        head = self.new_head(hidden.shape[1])
-        scores = None if raw is None else self.zero_shot_scores(raw)
-        weight = self.record.zero_shot_weight
-        head.zero_shot_weight.fill_(0.0 if weight == PROMPT_ONLY else float(weight))
-        if isinstance(head, LinearHead):
-            fit_linear_head(head, hidden, scores, labels)
-        else:
-            train_head(head, hidden, scores, labels, self.record.steps, self.config.head_learning_rate)
-        self.use_head(head, self.record.steps)
+        head = self.build_head(hidden.shape[1])
+        head.fit(hidden, None if raw is None else self.zero_shot_scores(raw), labels, self.config)
+        self.use_head(head)
         done = time.perf_counter()
         self.fit_seconds = {"extraction": extracted - start, "training": done - extracted, "total": done - start}
         logger.info(
@@ -234,8 +256,6 @@ class DecTModel(CachedQueries, HubMixin):
             raise RuntimeError("The DecT head is not trained yet: call `fit(dataset)` first.")
         hidden, raw = self.extract(texts, text_pairs)
         scores = None if raw is None else self.zero_shot_scores(raw)
-        if self.record.zero_shot_weight == PROMPT_ONLY:
-            return scores
         with torch.no_grad():
             return self.head(hidden, scores).logits
 
@@ -269,6 +289,7 @@ class DecTModel(CachedQueries, HubMixin):
         """
         texts, pairs, labels = read_examples(dataset, self.config, need_labels=True)
         queries_before = self.num_queries
+        features_before = 0 if self.feature_queries is None else self.feature_queries.num_queries
         if scoring == "dect":
             predicted = self.decision_scores(texts, pairs).argmax(-1).numpy()
         elif scoring in ("zero_shot", "zero_shot_uncalibrated"):
@@ -280,7 +301,11 @@ class DecTModel(CachedQueries, HubMixin):
             predicted = self.zero_shot_scores(raw, calibrate=scoring == "zero_shot").argmax(-1).numpy()
         else:
             raise ValueError(f"`scoring` must be 'dect', 'zero_shot' or 'zero_shot_uncalibrated', got {scoring!r}.")
+        queries = {} if self.feature_queries is None else {
+            "feature_queries": self.feature_queries.num_queries - features_before
+        }
         return {
+            **queries,
             "accuracy": float(accuracy_score(labels.numpy(), predicted)),
             "macro_f1": float(f1_score(labels.numpy(), predicted, average="macro")),
             "num_examples": len(texts),
@@ -310,6 +335,10 @@ class DecTModel(CachedQueries, HubMixin):
         answer_placeholder: str | None = None,
         endpoint: Endpoint | None = None,
         query_cache_dir: str | None = None,
+        feature_model: Any = None,
+        feature_tokenizer: Any = None,
+        feature_endpoint: Endpoint | None = None,
+        feature_name: str | None = None,
         **base_model_kwargs: Any,
     ) -> DecTModel:
         """Load a saved head onto its backbone (the recorded one, or `base_model`), checking its fingerprint.
@@ -320,6 +349,10 @@ class DecTModel(CachedQueries, HubMixin):
         A head fitted on an endpoint is reloaded only onto the endpoint the caller passes (`endpoint=` or
         `base_model=`): the URL an artifact records is shown and compared, never queried, so that a stranger's
         artifact cannot make loading send an API key anywhere.
+
+        A head that reads a second model's features reloads it too: a transformers feature model from the recorded
+        id (or `feature_model=` and `feature_tokenizer=`), an endpoint only from `feature_endpoint=`, a callable only
+        from `feature_model=`; its fingerprint is checked like the backbone's.
         """
         config, record, tensors = load_adapter_files(path_or_repo_id, DecTConfig, revision, token)
         config.query_cache_dir = query_cache_dir
@@ -358,7 +391,22 @@ class DecTModel(CachedQueries, HubMixin):
             with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
                 base_model, loaded_tokenizer = load_backbone(base_id, record.backbone_kind, **base_model_kwargs)
             tokenizer = tokenizer or loaded_tokenizer
-        model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder)
+        feature_model, feature_tokenizer, feature_name = _feature_model_to_load(
+            record, config, path_or_repo_id, feature_model, feature_tokenizer, feature_endpoint, feature_name
+        )
+        model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder, feature_model,
+                                    feature_tokenizer, feature_name)  # fmt: skip
+        if model.feature_queries is not None:
+            features = model.feature_queries.backbone
+            if (features.fingerprint, features.settings_fingerprint) != (record.feature_model.get("fingerprint"),
+                                                                         record.feature_model.get("settings_fingerprint")):
+                raise ValueError(
+                    f"The DecT head in {path_or_repo_id} was fitted on features of another model than the feature model "
+                    f"given (recorded: {record.feature_model.get('name_or_path')!r}, given: "
+                    f"{features.source.name_or_path!r}; weights, tokenizer or pooling differ): the head would read "
+                    "vectors it never saw. Pass the recorded feature model unchanged."
+                )
+            features.hidden_size = record.hidden_size
         settings_changed = record.backbone_settings_fingerprint not in (None, model.backbone.settings_fingerprint)
         if model.record.backbone_fingerprint != record.backbone_fingerprint or settings_changed:
             raise ValueError(
@@ -370,14 +418,14 @@ class DecTModel(CachedQueries, HubMixin):
         model.record = record
         stored = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
         _check_head_shapes(model, stored, tensors.get("calibration"), path_or_repo_id)
-        head = model.new_head(record.hidden_size)
+        head = model.build_head(record.hidden_size)
         head.load_state_dict(stored)
         model.head = head.eval()
         model.calibration = tensors.get("calibration")
         return model
 
     def model_card(self, repo_id: str | None = None) -> str:
-        return model_card(self.config, self.record, repo_id)
+        return model_card(self.config, self.record, self.head, repo_id)
 
 
 def _check_head_shapes(
@@ -386,7 +434,7 @@ def _check_head_shapes(
     """Refuse head weights that do not fit the config and record they came with, before a head is built from them:
     built on the meta device, the expected head allocates nothing, however large a damaged record makes it."""
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in model.new_head(model.record.hidden_size).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in model.build_head(model.record.hidden_size).state_dict().items()}
     expected["calibration"] = (model.config.num_classes,)
     found = {name: tuple(t.shape) for name, t in stored.items()}
     if calibration is not None:
@@ -400,25 +448,24 @@ def _check_head_shapes(
         )
 
 
-def model_card(c: DecTConfig, r: DecTRecord, repo_id: str | None = None) -> str:
+def model_card(c: DecTConfig, r: DecTRecord, head: Head, repo_id: str | None = None) -> str:
     """The README.md that `push_to_hub` uploads with a DecT head (through `huggingface_hub.ModelCard`)."""
     classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
-    if r.head_type == "linear":
-        head, setting = "a linear head (regularised logistic regression)", f"Head: `linear`, C = `{r.regularization}`"
+    if r.feature_model:
+        features = f"the pooled embedding of the text by the feature model `{c.feature_model_name_or_path}`"
     else:
-        head = f"a {c.projection_dim}-dimensional prototype decoder"
-        setting = f"Head: `prototype`, training steps: `{r.steps}`"
+        features = "the backbone's hidden state"
     body = f"""
 # DecT head
 
 A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbone
-`{c.backbone_name_or_path}` ({r.backbone_kind}): {head} over the backbone's hidden state at the answer slot,
-combined with the prompt's label-word scores.
+`{c.backbone_name_or_path}` ({r.backbone_kind}): {head.describe(c)}, over {features}, combined with the
+prompt's label-word scores.
 
 - Template: `{c.template}`
 - Classes and label words: {classes}
 - Zero-shot weight in use: `{r.zero_shot_weight}` (calibrated: `{r.calibrate}`)
-- {setting}
+- Head: `{r.head_type}`, training steps: `{r.steps}`
 
 ## Usage
 
@@ -430,6 +477,44 @@ dect.predict(["some text"])
 ```
 """
     return build_model_card(c.backbone_name_or_path, ["dect"], "text-classification", body)
+
+
+def _feature_model_to_load(
+    record: DecTRecord, config: DecTConfig, source: Any, feature_model: Any, feature_tokenizer: Any,
+    feature_endpoint: Endpoint | None, feature_name: str | None,
+) -> tuple[Any, Any, str | None]:  # fmt: skip
+    """(feature model, its tokenizer, its name) to reload a saved head with: the caller's, or for a transformers
+    feature model the recorded one. A URL or callable named in the artifact is never used on its own."""
+    recorded = record.feature_model
+    if feature_endpoint is not None:
+        if feature_model is not None:
+            raise ValueError("Pass the feature model once: `feature_endpoint=` or `feature_model=`, not both.")
+        feature_model = feature_endpoint
+    if not recorded:
+        if feature_model is not None:
+            raise ValueError(f"The DecT head in {source} was fitted without a feature model: pass no `feature_model`.")
+        return None, None, None
+    kind, name = recorded.get("kind"), recorded.get("name_or_path")
+    if kind == "endpoint" and not isinstance(feature_model, Endpoint):
+        raise ValueError(
+            f"The DecT head in {source} reads features from an embeddings API (recorded: {name!r}). Loading never "
+            "contacts a URL named in an artifact: pass it yourself, `from_pretrained(path, feature_endpoint="
+            "Endpoint(base_url, model))`."
+        )
+    if kind == "callable" and not callable(feature_model):
+        raise ValueError(
+            f"The DecT head in {source} reads features from a callable ({name!r}): pass it again as `feature_model=`."
+        )
+    if kind == "transformers" and (feature_model is None or isinstance(feature_model, str)):
+        feature_id = feature_model or config.feature_model_name_or_path
+        if not feature_id:
+            raise ValueError(f"{source} records no feature model id: pass `feature_model=` and `feature_tokenizer=`.")
+        with contextlib.nullcontext() if feature_model else loading_recorded_base(feature_id, source):
+            feature_model, loaded_tokenizer = load_backbone(feature_id, "encoder")
+        feature_tokenizer = feature_tokenizer or loaded_tokenizer
+    if kind not in ("transformers", "endpoint", "callable"):
+        raise ArtifactError(f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged.")
+    return feature_model, feature_tokenizer, feature_name or name
 
 
 register_adapter(DecTConfig, DecTModel)

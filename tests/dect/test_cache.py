@@ -24,7 +24,7 @@ def test_one_query_per_example_on_every_backbone(kind):
     calibration = 1 if kind != "encoder" else 0  # the empty-input query (only with label-word scores)
     assert dect.num_queries == 16 + calibration
     if kind == "encoder":  # no label-word scores: the head alone (either type), cross-validated, no prompt
-        expected = {"weight=0.0, steps=10", "weight=0.0, steps=30", "linear, weight=0.0, C=1.0, global scaling"}
+        expected = {"weight=0.0, steps=10", "weight=0.0, steps=30", "linear, learned weight, C=1.0, global scaling"}
         assert expected <= set(dect.cv_results)
         assert "prompt_only" not in dect.cv_results
     assert dect.record.backbone_kind == kind

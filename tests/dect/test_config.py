@@ -25,7 +25,7 @@ from ..tiny_dect import TEMPLATE, WORDS
         ({"zero_shot_weight": -1.0}, "`zero_shot_weight`"),
         ({"response_prefix": "It is"}, "chat_template"),
         ({"hidden_pooling": "cls"}, "`hidden_pooling`"),
-        ({"head": "mlp"}, "`head` must be 'auto', 'prototype' or 'linear', got 'mlp'"),
+        ({"head": "mlp"}, "`head` must be 'auto', 'prototype', 'linear' or 'prompt', got 'mlp'"),
         ({"regularization_candidates": [1.0, 0.0]}, "`regularization_candidates` must be a non-empty list"),
         ({"regularization_candidates": []}, "`regularization_candidates`"),
     ],

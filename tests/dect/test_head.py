@@ -17,7 +17,7 @@ def test_standardisation_is_fitted_and_can_be_switched_off():
 
 
 def test_standardisation_by_default_only_when_a_few_dimensions_dominate():
-    from hf_frozen.dect.head import DecTHead
+    from hf_frozen.dect.heads import DecTHead
 
     torch.manual_seed(0)
     even = torch.randn(32, 16)
@@ -34,7 +34,7 @@ def test_standardisation_by_default_only_when_a_few_dimensions_dominate():
 def test_linear_head_without_the_prompt_is_scikit_learns_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from hf_frozen.dect.head import LinearHead, fit_linear_head
+    from hf_frozen.dect.heads import LinearHead, fit_linear_head
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 12, generator=generator) * 2
@@ -51,7 +51,7 @@ def test_linear_head_without_the_prompt_is_scikit_learns_logistic_regression():
 
 def test_linear_head_is_chosen_saved_and_loaded(tmp_path):
     from hf_frozen import AutoFrozenModel
-    from hf_frozen.dect.head import LinearHead
+    from hf_frozen.dect.heads import LinearHead
 
     from ..tiny_dect import ClusterAPI
 
@@ -71,7 +71,7 @@ def test_linear_head_is_chosen_saved_and_loaded(tmp_path):
 def test_global_scaling_keeps_the_dimensions_relative_sizes():
     from sklearn.linear_model import LogisticRegression
 
-    from hf_frozen.dect.head import LinearHead, fit_linear_head
+    from hf_frozen.dect.heads import LinearHead, fit_linear_head
 
     generator = torch.Generator().manual_seed(1)
     labels = torch.arange(60) % 3
@@ -92,7 +92,7 @@ def test_linear_head_scaling_is_recorded_and_loaded(tmp_path):
     import pytest
 
     from hf_frozen import AutoFrozenModel
-    from hf_frozen.dect.head import LinearHead
+    from hf_frozen.dect.heads import LinearHead
 
     with pytest.raises(ValueError, match="scaling"):
         LinearHead(4, 2, scaling="per_class")

@@ -54,11 +54,13 @@ def build_backbone(
     tokenizer: Any = None,
     backbone_name: str | None = None,
     answer_placeholder: str | None = None,
+    want_hidden: bool = True,
 ) -> Backbone:
-    """The backbone that queries `model` with `config`'s prompt."""
+    """The backbone that queries `model` with `config`'s prompt (`want_hidden=False`: a feature model gives the
+    features, so an endpoint is not asked for embeddings)."""
     kind = detect_kind(model)
     if kind == "endpoint":
-        return EndpointBackbone(model, config)
+        return EndpointBackbone(model, config, want_hidden)
     if kind == "callable":
         return CallableBackbone(model, config, backbone_name or "", answer_placeholder)
     return HFBackbone(model, tokenizer, config)

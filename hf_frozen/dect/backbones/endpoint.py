@@ -126,7 +126,7 @@ class EndpointBackbone:
 
     kind = "endpoint"
 
-    def __init__(self, endpoint: Endpoint, config: DecTConfig) -> None:
+    def __init__(self, endpoint: Endpoint, config: DecTConfig, want_hidden: bool = True) -> None:
         if config.chat_template:
             raise ValueError(
                 "`chat_template=True` needs the tokenizer's chat template, which an endpoint's completion route does "
@@ -138,45 +138,22 @@ class EndpointBackbone:
         check_answer_comes_last(self.prompt, "an endpoint backbone")
         self.client = HTTPClient(endpoint.base_url, os.environ.get(endpoint.api_key_env) or None, endpoint.timeout,
                                  endpoint.max_retries, endpoint.backoff, endpoint.max_response_bytes)  # fmt: skip
+        self.want_hidden = want_hidden  # False beside a feature model: the scorer's vectors would go unused
         self.hidden_size: int | None = None  # the embeddings route's size, from its first answer
-        self.model_entry = self._model_entry()
+        self.model_entry = served_model_entry(self.client, endpoint)
         self.label_ids = [self._label_token_ids(words) for words in config.label_words]
         self.token_class = self._token_strings()
         self.fingerprint = hashlib.sha256(
             fingerprint_json(["endpoint", endpoint.base_url, endpoint.model, self.model_entry]).encode()
         ).hexdigest()
         scoring = {"label_ids": self.label_ids, "label_scores": endpoint.label_scores}
+        if not want_hidden:
+            scoring["hidden"] = False  # cached answers without vectors are other answers
         if endpoint.label_scores == "floor":
             scoring["top_logprobs"] = endpoint.top_logprobs  # only the floor depends on k
         self.settings_fingerprint = fingerprint_json(scoring)
 
     # -- what the server serves ------------------------------------------------------------------------------
-
-    def _model_entry(self) -> dict[str, Any]:
-        """The model's `/v1/models` entry (less its timestamp); a clear error when the server does not serve it."""
-        try:
-            listing = self.client.get("models")
-        except EndpointError as err:
-            if err.status in (401, 403):
-                raise EndpointError(
-                    f"{self.endpoint.base_url} refused the API key (HTTP {err.status}). Put a valid key in the "
-                    f"environment variable {self.endpoint.api_key_env!r} (set by `api_key_env`).",
-                    err.status,
-                ) from None
-            raise
-        data = listing.get("data")
-        if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
-            raise EndpointError(
-                f"GET {self.endpoint.base_url}/models answered {str(listing)[:200]}, not a model list "
-                '(`{"data": [{"id": ...}, ...]}`): is this an OpenAI-compatible server?'
-            )
-        entries = {entry.get("id"): entry for entry in data}
-        if self.endpoint.model not in entries:
-            raise ValueError(
-                f"`model` {self.endpoint.model!r} is not served at {self.endpoint.base_url}; it serves "
-                f"{sorted(map(str, entries))}."
-            )
-        return {k: v for k, v in entries[self.endpoint.model].items() if k != "created"}
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` in the served model's vocabulary, without special tokens."""
@@ -339,20 +316,9 @@ class EndpointBackbone:
         return logprobs
 
     def _hidden(self, prompt: str) -> np.ndarray:
-        answer = self.client.post("embeddings", {"model": self.endpoint.model, "input": [prompt]})
-        try:
-            vector = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            raise EndpointError(
-                f"{self.endpoint.base_url}/embeddings returned no embedding ({err!r}; got {str(answer)[:200]})."
-            ) from None
-        if vector.ndim == 2 and len(vector):
-            vector = vector[-1]  # one vector per token: the last is the answer position
-        if vector.ndim != 1 or not 0 < len(vector) <= MAX_HIDDEN_SIZE:
-            raise EndpointError(
-                f"{self.endpoint.base_url}/embeddings returned an embedding of shape {vector.shape}: DecT needs one "
-                f"vector (or one per token) of at most {MAX_HIDDEN_SIZE:,d} numbers."
-            )
+        if not self.want_hidden:  # a feature model gives the features: no embeddings request
+            return np.zeros(0, dtype=np.float32)
+        vector = embedding(self.client, self.endpoint, prompt, per_token="last")  # the answer position
         if self.hidden_size is None:
             self.hidden_size = len(vector)
         elif len(vector) != self.hidden_size:
@@ -363,6 +329,51 @@ class EndpointBackbone:
             )
         return vector
 
-
 def _is_logprob(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and value <= 0
+
+
+def served_model_entry(client: HTTPClient, endpoint: Endpoint) -> dict[str, Any]:
+    """The model's `/v1/models` entry (less its timestamp); a clear error when the server does not serve it."""
+    try:
+        listing = client.get("models")
+    except EndpointError as err:
+        if err.status in (401, 403):
+            raise EndpointError(
+                f"{endpoint.base_url} refused the API key (HTTP {err.status}). Put a valid key in the "
+                f"environment variable {endpoint.api_key_env!r} (set by `api_key_env`).",
+                err.status,
+            ) from None
+        raise
+    data = listing.get("data")
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        raise EndpointError(
+            f"GET {endpoint.base_url}/models answered {str(listing)[:200]}, not a model list "
+            '(`{"data": [{"id": ...}, ...]}`): is this an OpenAI-compatible server?'
+        )
+    entries = {entry.get("id"): entry for entry in data}
+    if endpoint.model not in entries:
+        raise ValueError(
+            f"`model` {endpoint.model!r} is not served at {endpoint.base_url}; it serves {sorted(map(str, entries))}."
+        )
+    return {k: v for k, v in entries[endpoint.model].items() if k != "created"}
+
+
+def embedding(client: HTTPClient, endpoint: Endpoint, text: str, per_token: Literal["last", "mean"]) -> np.ndarray:
+    """One vector for `text` from the embeddings route; where the server answers one vector per token, the last
+    (the causal answer position) or their mean (`per_token`)."""
+    answer = client.post("embeddings", {"model": endpoint.model, "input": [text]})
+    try:
+        vector = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise EndpointError(
+            f"{endpoint.base_url}/embeddings returned no embedding ({err!r}; got {str(answer)[:200]})."
+        ) from None
+    if vector.ndim == 2 and len(vector):
+        vector = vector[-1] if per_token == "last" else vector.mean(0)
+    if vector.ndim != 1 or not 0 < len(vector) <= MAX_HIDDEN_SIZE:
+        raise EndpointError(
+            f"{endpoint.base_url}/embeddings returned an embedding of shape {vector.shape}: DecT needs one "
+            f"vector (or one per token) of at most {MAX_HIDDEN_SIZE:,d} numbers."
+        )
+    return vector

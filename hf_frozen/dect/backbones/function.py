@@ -14,7 +14,7 @@ from .base import check_answer_comes_last
 
 
 class CallableBackbone:
-    """A model behind an API: `fn(prompts, label_words) -> (hidden_states, label_word_scores or None)`.
+    """A model behind an API: `fn(prompts, label_words) -> (hidden_states or None, label_word_scores or None)`.
 
     Prompts are the template rendered with `answer_placeholder` in the answer slot, or cut at the slot
     (causal style) when it is None. `name` identifies the model and its version in the cache key: change it
@@ -45,9 +45,10 @@ class CallableBackbone:
         result = self.fn(prompts, self.config.label_words)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise TypeError("The backbone callable must return a tuple (hidden_states, label_word_scores or None).")
-        hidden = np.asarray(result[0], dtype=np.float32)
-        scores = None if result[1] is None else np.asarray(result[1], dtype=np.float32)
         n, c = len(prompts), self.config.num_classes
+        # No hidden states (an API with log-probabilities only) is valid beside a feature model, which gives them.
+        hidden = np.zeros((n, 0), np.float32) if result[0] is None else np.asarray(result[0], dtype=np.float32)
+        scores = None if result[1] is None else np.asarray(result[1], dtype=np.float32)
         if hidden.ndim != 2 or hidden.shape[0] != n:
             raise ValueError(
                 f"The backbone callable returned hidden states of shape {hidden.shape}, expected ({n}, d)."

@@ -168,6 +168,29 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, label_words: list[list[s
     return ids_per_class
 
 
+def model_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The weights, vocabulary and chat template (what hf-frozen 0.1 recorded)."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = [
+        type(model).__name__,
+        fingerprint_tensors(dict(model.state_dict())),
+        hashlib.sha256(vocab.encode()).hexdigest(),
+        str(getattr(tokenizer, "chat_template", None)),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def settings_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """What else changes an answer: the model config's numeric fields and the tokenizer's whole pipeline
+    (normaliser, pre-tokeniser, added tokens, post-processor), not only its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        settings = json.loads(backend.to_str())
+    else:  # a slow tokenizer: its settings
+        settings = {k: v for k, v in tokenizer.init_kwargs.items() if not k.endswith("_file")}
+    return fingerprint_json([numeric_config(model.config), settings])
+
+
 class HFBackbone:
     """A frozen transformers model queried under `torch.inference_mode`, batched and sorted by length."""
 
@@ -187,8 +210,8 @@ class HFBackbone:
         self.label_ids = None if self.kind == "encoder" else label_token_ids(tokenizer, config.label_words)
         self.decoder_prefix = self._decoder_prefix()
         self.causal_prefix = self._causal_prefix()
-        self.fingerprint = self._fingerprint()
-        self.settings_fingerprint = self._settings_fingerprint()
+        self.fingerprint = model_fingerprint(model, tokenizer)
+        self.settings_fingerprint = settings_fingerprint(model, tokenizer)
         self.shared_prefix = self._shared_prefix()
         self._prefix_cache: DynamicCache | None = None  # keys and values of `shared_prefix`, computed once
         # transformers renamed the forward argument `past_key_values` to `cache` (the old name warns, then goes).
@@ -266,28 +289,6 @@ class HFBackbone:
         while all(len(p) > common and p[common] == probes[0][common] for p in probes):
             common += 1
         return probes[0][: max(0, common - 2)]
-
-    def _fingerprint(self) -> str:
-        """The weights, vocabulary and chat template (what hf-frozen 0.1 recorded)."""
-        tensors = dict(self.model.state_dict())
-        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
-        parts = [
-            type(self.model).__name__,
-            fingerprint_tensors(tensors),
-            hashlib.sha256(vocab.encode()).hexdigest(),
-            str(getattr(self.tokenizer, "chat_template", None)),
-        ]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-    def _settings_fingerprint(self) -> str:
-        """What else changes an answer: the model config's numeric fields and the tokenizer's whole pipeline
-        (normaliser, pre-tokeniser, added tokens, post-processor), not only its vocabulary."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            tokenizer = json.loads(backend.to_str())
-        else:  # a slow tokenizer: its settings
-            tokenizer = {k: v for k, v in self.tokenizer.init_kwargs.items() if not k.endswith("_file")}
-        return fingerprint_json([numeric_config(self.model.config), tokenizer])
 
     # -- the forward pass --------------------------------------------------------------------------------------
 
