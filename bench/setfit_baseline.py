@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,7 +62,9 @@ def run_cell(name: str, shots: int, seed: int) -> dict:
     settings = {} if pairs <= MAX_DEFAULT_PAIRS else {"num_iterations": 20}
     torch.manual_seed(seed)
     model = SetFitModel.from_pretrained(str(minilm_folder()))
-    args = TrainingArguments(seed=seed, report_to="none", **settings)
+    # A throwaway output folder (SetFit's default is ./checkpoints), nothing saved.
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="setfit-"), save_strategy="no", seed=seed,
+                             report_to="none", **settings)  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train)
     start = time.perf_counter()
     trainer.train()

@@ -5,6 +5,8 @@
 
 With `--endpoint URL`, the backbone is the model `--model_name_or_path` served at an OpenAI-compatible URL
 (vLLM, llama.cpp's server, a hosted API); the API key is read from `--api_key_env` (default `OPENAI_API_KEY`).
+With `--feature_model_name_or_path` (a sentence encoder, say), the head reads that model's pooled embedding of the
+text, and the backbone gives only the prompt's label-word scores; `--feature_endpoint URL` serves it over an API.
 
 Every `DecTConfig` field is an option too (`hf-frozen dect --help`); options can also come from one `.json`
 file (`hf-frozen dect args.json`).
@@ -68,6 +70,11 @@ class DecTRunArguments:
     max_retries: int = dataclasses.field(
         default=5, metadata={"help": "With --endpoint: retries after a timeout, lost connection, 429 or 5xx."}
     )
+    feature_endpoint: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Base URL of an OpenAI-compatible embeddings API serving the feature model named by "
+                  "--feature_model_name_or_path (e.g. a hosted embedding model beside a hosted LLM)."},
+    )  # fmt: skip
 
     def base_model(self):
         """The backbone: an `Endpoint` for `--endpoint`, else (model, tokenizer) loaded from the Hub or a folder."""
@@ -75,8 +82,7 @@ class DecTRunArguments:
             from .backbones import load_backbone
 
             path = self.model_name_or_path
-            looks_local = os.path.isabs(path) or path.startswith(("./", "../", "~")) or path.endswith(".gguf")
-            if looks_local and not os.path.exists(os.path.expanduser(path)):
+            if _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
                 raise UsageError(f"--model_name_or_path {path}: no such file or folder.")
             try:
                 return load_backbone(os.path.expanduser(path), self.backbone)
@@ -92,6 +98,35 @@ class DecTRunArguments:
         endpoint = Endpoint(self.endpoint, self.model_name_or_path, self.api_key_env, self.label_scores,
                             self.top_logprobs, self.concurrency, self.timeout, self.max_retries)  # fmt: skip
         return endpoint, None
+
+    def feature_model(self, config: DecTConfig):
+        """(feature model, its tokenizer) from `--feature_model_name_or_path` (served at `--feature_endpoint` when
+        given), or (None, None) when the backbone's own hidden states are the features."""
+        name = config.feature_model_name_or_path
+        if self.feature_endpoint is not None:
+            from .backbones import Endpoint
+
+            if not name:
+                raise UsageError("--feature_endpoint needs --feature_model_name_or_path: the served model's name.")
+            return Endpoint(self.feature_endpoint, name, self.api_key_env, concurrency=self.concurrency,
+                            timeout=self.timeout, max_retries=self.max_retries), None  # fmt: skip
+        if not name:
+            return None, None
+        from .backbones import load_backbone
+
+        if _looks_local(name) and not os.path.exists(os.path.expanduser(name)):
+            raise UsageError(f"--feature_model_name_or_path {name}: no such file or folder.")
+        try:
+            return load_backbone(os.path.expanduser(name), "encoder")
+        except OSError as err:
+            raise UsageError(
+                f"--feature_model_name_or_path {name}: cannot load it ({str(err).splitlines()[0]}). Give a model "
+                "folder (a sentence-transformers folder works) or a Hub id reachable from here."
+            ) from err
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith(("./", "../", "~")) or path.endswith(".gguf")
 
 
 class UsageError(ValueError):
@@ -208,9 +243,11 @@ def dect_main(argv: list[str]) -> dict:
     _check_labels(train, test, run, config)
     if run.shots is not None:
         train = few_shot(train, config.label_column, run.shots, config.head_seed)
+    feature_model, feature_tokenizer = run.feature_model(config)
     backbone, tokenizer = run.base_model()
     config.backbone_name_or_path = run.model_name_or_path
-    dect = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer)
+    dect = DecTModel.from_base_model(backbone, config, tokenizer=tokenizer, feature_model=feature_model,
+                                     feature_tokenizer=feature_tokenizer)  # fmt: skip
     dect.fit(train)
     metrics: dict = {"train_examples": len(train), "fit_seconds": dect.fit_seconds, "choice": dect.cv_choice,
                      "head": dect.record.head_type, "zero_shot_weight": dect.record.zero_shot_weight,
@@ -220,6 +257,8 @@ def dect_main(argv: list[str]) -> dict:
         if dect.record.backbone_kind != "encoder":
             metrics["test"]["zero_shot"] = dect.evaluate(test, scoring="zero_shot")
     metrics["backbone_queries"] = dect.num_queries
+    if dect.feature_queries is not None:
+        metrics["feature_queries"] = dect.feature_queries.num_queries
     if run.endpoint:  # what the API was sent, retries included
         metrics["endpoint_requests"] = dect.backbone.client.requests
         metrics["endpoint_retries"] = dect.backbone.client.retries

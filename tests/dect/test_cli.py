@@ -44,6 +44,34 @@ def test_command_fits_evaluates_and_saves(tmp_path):
     assert bad.returncode != 0 and "must contain the {answer} slot" in bad.stderr
 
 
+def test_command_reads_features_from_a_second_model(tmp_path):
+    from .test_features import sentence_encoder_folder
+
+    backbone("causal_lm").save_pretrained(tmp_path / "lm")
+    tiny_dect.tokenizer().save_pretrained(tmp_path / "lm")
+    encoder = sentence_encoder_folder(tmp_path / "encoder")
+    sentiment(40, seed=0).to_csv(tmp_path / "train.csv")
+    sentiment(12, seed=1).to_csv(tmp_path / "test.csv")
+    common = [sys.executable, "-m", "hf_frozen.cli", "dect", "--model_name_or_path", str(tmp_path / "lm"),
+              "--train_file", str(tmp_path / "train.csv"), "--test_file", str(tmp_path / "test.csv"), "--shots", "8",
+              "--template", TEMPLATE, "--label_words", "terrible|bad", "great|good"]  # fmt: skip
+    done = subprocess.run([*common, "--feature_model_name_or_path", str(encoder), "--output_dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["backbone_queries"] == 16 + 12 + 1 and metrics["feature_queries"] == 16 + 12 + 1
+    loaded = AutoFrozenModel.from_pretrained(tmp_path / "out")
+    assert loaded.record.feature_model["pooling"] == "cls" and loaded.record.hidden_size == 32
+
+    missing = subprocess.run([*common, "--feature_model_name_or_path", str(tmp_path / "nowhere"), "--output_dir",
+                              str(tmp_path / "x")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert missing.returncode == 2 and "--feature_model_name_or_path" in missing.stderr
+    assert "no such file or folder" in missing.stderr and "Traceback" not in missing.stderr
+    unnamed = subprocess.run([*common, "--feature_endpoint", "http://127.0.0.1:9/v1", "--output_dir",
+                              str(tmp_path / "x")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert unnamed.returncode == 2 and "--feature_endpoint needs --feature_model_name_or_path" in unnamed.stderr
+
+
 def test_help_lists_choices_and_states_each_default_once(capsys):
     from hf_frozen.cli import main
 
