@@ -56,7 +56,6 @@ from offline_assets import (  # noqa: E402
 )
 
 from hf_frozen import DecTConfig, get_frozen_model  # noqa: E402
-from hf_frozen.dect.selection import PROMPT_ONLY  # noqa: E402
 
 SMS_SPAM_PROMPT = dict(
     template="Message: {text}\nIs this SMS message spam or not spam? Answer with one word.{answer}",
@@ -257,10 +256,11 @@ def run_prompt_tuning(seeds: int, epochs: int) -> dict[str, Any]:
 def choice_label(record) -> str:
     """A seed's cross-validated choice, short: "prompt", prototype weight x steps ("3.0x10"), or linear weight
     and C ("lin 1.0/C0.1", "lin 1.0/C0.1g" with the global feature scaling)."""
-    if record.zero_shot_weight == PROMPT_ONLY:
+    if record.head_type == "prompt":
         return "prompt"
     if record.head_type == "linear":
-        return f"lin {record.zero_shot_weight}/C{record.regularization}{'g' if record.scaling == 'global' else ''}"
+        weight = f"{record.zero_shot_weight:.2g}"
+        return f"lin {weight}/C{record.regularization}{'g' if record.scaling == 'global' else ''}"
     return f"{record.zero_shot_weight}x{record.steps}"
 
 

@@ -5,7 +5,8 @@ For each backbone, set and shots per class, the shots are drawn from the pool ca
 `bench/choose_dect_defaults.py extract` saves (run that first; no bench test example is in them), and the linear
 candidates of `head="auto"` (6 zero-shot weights x 5 C x 2 feature scalings) are fitted on 4 folds, 240 problems:
 
-- **batched** - `selection.cross_validate_linear`, the shipped code (`hf_frozen/dect/logistic.py`);
+- **batched** - `LinearHead.cross_validate`, the shipped code (`hf_frozen/dect/logistic.py`), here with each
+  zero-shot weight fixed (the shipped default learns it instead: one problem where these are six);
 - **joint L-BFGS** - the previous release's solver, kept here as the baseline: all problems' losses summed and
   minimised by one `torch.optim.LBFGS` (strong Wolfe, 200 iterations), so one line search serves every problem;
 - **scikit-learn** - `LogisticRegression(tol=1e-10)` in float64 fitted per problem, the reference minimum, on the
@@ -33,8 +34,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from torch.nn import functional as F
 
-from hf_frozen.dect.head import feature_statistics
-from hf_frozen.dect.selection import Grid, cross_validate_linear
+from hf_frozen import DecTConfig
+from hf_frozen.dect.heads import LinearHead, feature_statistics
 
 WEIGHTS = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]  # `DecTConfig` defaults
 REGULARIZATIONS = [0.001, 0.01, 0.1, 1.0, 10.0]
@@ -80,27 +81,34 @@ def joint_lbfgs(features, offsets, labels, num_classes, strengths, masks, max_it
 def run(path: str, shots: int, seed: int) -> dict:
     hidden, prior, labels = draw(path, shots, seed)
     num_classes = prior.shape[1]
-    choices = [c for c in Grid(WEIGHTS, [], REGULARIZATIONS).candidates(prompt=False)]
+    config = DecTConfig(label_words=[str(c) for c in range(num_classes)], regularization_candidates=REGULARIZATIONS)
+    choices = []  # (weight, candidate) for every fixed weight, as the previous release's grid had them
+    for weight in WEIGHTS:
+        config.zero_shot_weight = weight
+        choices += [(weight, c) for c in LinearHead.candidates(config, [], [])]
     splitter = StratifiedKFold(n_splits=min(4, shots), shuffle=True, random_state=seed)
     folds = [(torch.from_numpy(t), torch.from_numpy(v)) for t, v in splitter.split(np.zeros(len(labels)), labels)]
 
     start = time.perf_counter()
-    batched = cross_validate_linear(hidden, prior, labels, folds, choices).view(
-        len(folds), len(choices), -1, num_classes
-    )
+    solved = {}
+    for weight in WEIGHTS:
+        config.zero_shot_weight = weight
+        solved.update(LinearHead.cross_validate(hidden, prior, labels, folds, [c for w, c in choices if w == weight],
+                                                config))  # fmt: skip
+    batched = torch.stack([solved[c] for _, c in choices], dim=1)  # (folds, choices, N, C)
     batched_seconds = time.perf_counter() - start
 
     features, offsets, masks, strengths = [], [], [], []
     for train_idx, _ in folds:
-        scaled = {s: feature_statistics(hidden[train_idx], s) for s in {c.scaling for c in choices}}
+        scaled = {s: feature_statistics(hidden[train_idx], s) for s in {c.get("scaling") for _, c in choices}}
         mask = torch.zeros(len(labels), dtype=torch.bool)
         mask[train_idx] = True
-        for c in choices:
-            mean, scale = scaled[c.scaling]
+        for weight, c in choices:
+            mean, scale = scaled[c.get("scaling")]
             features.append((hidden - mean) / scale)
-            offsets.append(c.weight * prior)
+            offsets.append(weight * prior)
             masks.append(mask)
-            strengths.append(c.regularization)
+            strengths.append(c.get("regularization"))
     start = time.perf_counter()
     joint = joint_lbfgs(torch.stack(features), torch.stack(offsets), labels, num_classes, torch.tensor(strengths),
                         torch.stack(masks)).view(len(folds), len(choices), -1, num_classes)  # fmt: skip
@@ -109,11 +117,11 @@ def run(path: str, shots: int, seed: int) -> dict:
     gaps = {"batched": 0.0, "joint L-BFGS": 0.0}
     start = time.perf_counter()
     for f, (train_idx, val_idx) in enumerate(folds):
-        for p, c in enumerate(choices):
-            if c.weight != 0.0:
+        for p, (weight, c) in enumerate(choices):
+            if weight != 0.0:
                 continue
             x = features[f * len(choices) + p].double().numpy()
-            strength = c.regularization * (2 if num_classes == 2 else 1)
+            strength = c.get("regularization") * (2 if num_classes == 2 else 1)
             model = LogisticRegression(C=strength, tol=1e-10, max_iter=20000).fit(x[train_idx], labels[train_idx])
             reference = model.predict_proba(x[val_idx])
             for name, logits in (("batched", batched), ("joint L-BFGS", joint)):
