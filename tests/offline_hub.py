@@ -6,6 +6,7 @@ transformers, hf-frozen and huggingface_hub's own offline cache lookup for real 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,12 +45,16 @@ def tokenizer():
     return tok
 
 
+SENTENCE_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def models() -> dict:
     """Hub id -> a tiny model of the kind the docs load under that id."""
     import torch
     from transformers import (
         BertConfig,
         BertForMaskedLM,
+        BertModel,
         GPT2Config,
         GPT2LMHeadModel,
         T5Config,
@@ -67,6 +72,8 @@ def models() -> dict:
         "HuggingFaceTB/SmolLM2-135M-Instruct": GPT2LMHeadModel(GPT2Config(vocab_size=size, n_embd=32, n_layer=2,
                                                                           n_head=4, pad_token_id=0, bos_token_id=1,
                                                                           eos_token_id=1)),
+        SENTENCE_ENCODER: BertModel(BertConfig(vocab_size=size, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=37, pad_token_id=0)),
     }  # fmt: skip
 
 
@@ -86,6 +93,13 @@ def populate(hub_cache: Path) -> None:
         folder = snapshot_folder(hub_cache, repo_id)
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
+        if repo_id == SENTENCE_ENCODER:  # its sentence-transformers files: mean pooling, then normalisation
+            modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+                       for i, (path, kind) in enumerate([("", "Transformer"), ("1_Pooling", "Pooling"),
+                                                         ("2_Normalize", "Normalize")])]  # fmt: skip
+            (folder / "modules.json").write_text(json.dumps(modules))
+            (folder / "1_Pooling").mkdir(exist_ok=True)
+            (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
 
 
 def upload_hook() -> None:

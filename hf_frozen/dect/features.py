@@ -66,8 +66,10 @@ def sentence_transformers_pooling(folder: str | os.PathLike) -> tuple[str, bool]
     if not pooling_modules:
         return None
     path = str(pooling_modules[0].get("path", ""))
-    config_file = os.path.realpath(os.path.join(folder, path, "config.json"))
-    if not config_file.startswith(os.path.realpath(folder) + os.sep):
+    # A lexical check (a Hub cache snapshot's files are links into its blobs folder, which is fine): the path
+    # must name a file below the folder, never `..` or an absolute path.
+    config_file = os.path.normpath(os.path.join(folder, path, "config.json"))
+    if not config_file.startswith(os.path.normpath(folder) + os.sep):
         raise ValueError(f"{modules_file} names a pooling folder {path!r} outside {folder}: refused.")
     with open(config_file, encoding="utf-8") as f:
         config = json.load(f)
@@ -83,6 +85,28 @@ def sentence_transformers_pooling(folder: str | os.PathLike) -> tuple[str, bool]
             "Set `feature_pooling=` to one of them to choose it yourself."
         )
     return known[0], normalize
+
+
+def sentence_transformers_files(repo_id: str) -> str | None:
+    """The local folder (a Hub cache snapshot) holding a Hub model's `modules.json` and its pooling config, fetched
+    as transformers fetches the model's own files; None when the repo has no `modules.json` or is out of reach."""
+    if not repo_id:
+        return None
+    from transformers.utils import cached_file
+
+    options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    try:
+        modules_file = cached_file(repo_id, "modules.json", **options)
+        if modules_file is None:
+            return None
+        with open(modules_file, encoding="utf-8") as f:
+            modules = json.load(f)
+        for module in modules if isinstance(modules, list) else []:
+            if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+                cached_file(repo_id, f"{module.get('path', '')}/config.json".lstrip("/"), **options)
+    except (OSError, ValueError):  # not a Hub id (a name of the user's own), or no such repo
+        return None
+    return os.path.dirname(modules_file)
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -127,8 +151,9 @@ class TransformersFeatures:
     def _pooling(self, setting: str) -> tuple[str, bool]:
         if setting != "auto":
             return setting, False
-        folder = getattr(self.model.config, "_name_or_path", "")
-        declared = sentence_transformers_pooling(folder) if folder and os.path.isdir(folder) else None
+        name = getattr(self.model.config, "_name_or_path", "")
+        folder = name if name and os.path.isdir(name) else sentence_transformers_files(name)
+        declared = sentence_transformers_pooling(folder) if folder else None
         if declared is not None:
             return declared
         model_type = self.model.config.model_type
