@@ -19,6 +19,10 @@ The output folder then holds the DecT artifact (`hf_frozen_config.json`, `hf_fro
 macro-F1 through scikit-learn, for the head and for the calibrated prompt alone) and, with `--do_predict`,
 `predict_results.txt`. A run into an output folder that holds checkpoints resumes from the last one;
 `--do_eval` without `--do_train` evaluates the head saved in `--output_dir`; `--push_to_hub` pushes the head.
+`--head` (default `auto`) is chosen at train begin as `fit` chooses it: the prototype decoder is trained by the
+Trainer's steps, the linear head is solved there once (the steps then leave it as it is); `--head prototype` keeps
+the paper's head. `--feature_model_name_or_path` reads the head's features from a second model (a sentence
+encoder, say).
 """
 
 from __future__ import annotations
@@ -126,7 +130,11 @@ def main() -> None:
     backbone, tokenizer = load_backbone(model_args.model_name_or_path, model_args.backbone)
     dect_config.backbone_name_or_path = model_args.model_name_or_path
     if training_args.do_train:
-        dect = get_frozen_model(backbone, dect_config, tokenizer=tokenizer)
+        features = {}
+        if dect_config.feature_model_name_or_path:
+            features = dict(zip(("feature_model", "feature_tokenizer"),
+                                load_backbone(dect_config.feature_model_name_or_path, "encoder"), strict=True))  # fmt: skip
+        dect = get_frozen_model(backbone, dect_config, tokenizer=tokenizer, **features)
         head = dect.new_head()
     else:  # evaluate or predict with the head trained before, saved in --output_dir
         dect = AutoFrozenModel.from_pretrained(training_args.output_dir, base_model=backbone, tokenizer=tokenizer)

@@ -38,7 +38,7 @@ def main(folder: str) -> None:
     hidden, scores = fitted.extract(train["text"])  # all cached now, on every process
 
     dect = make("causal_lm", zero_shot_weight=0.5, head="prototype")  # memory cache only: queries again, shared
-    head = dect.new_head()
+    head = dect.new_head(hidden.shape[1])
     trainer = Trainer(model=head, args=args, train_dataset=train, data_collator=DecTCollator(dect),
                       callbacks=[DecTCallback(dect)])  # fmt: skip
     trainer.train()

@@ -115,7 +115,8 @@ def test_run_dect_trains_saves_evaluates_predicts_and_resumes(tmp_path):
     write_sentiment_csv(tmp_path / "test.csv", 6, seed=2, labels=False)
     out = tmp_path / "out"
 
-    run_dect_example(tmp_path, ["--do_train", "--do_eval", "--do_predict", "--max_steps", "10"])
+    # The prototype head (trained by the Trainer's steps, so that resuming has steps to resume).
+    run_dect_example(tmp_path, ["--do_train", "--do_eval", "--do_predict", "--max_steps", "10", "--head", "prototype"])
     results = json.loads((out / "eval_results.json").read_text())
     assert {"eval_accuracy", "eval_macro_f1", "eval_prompt_accuracy"} <= set(results)
     assert json.loads((out / "train_results.json").read_text())["backbone_queries"] == 32 + 1, (
@@ -130,7 +131,7 @@ def test_run_dect_trains_saves_evaluates_predicts_and_resumes(tmp_path):
     assert [line.split("\t")[1] for line in predictions[1:]] == dect.predict(test_texts)
 
     # Run again into the same folder with more steps: it resumes from checkpoint-10.
-    done = run_dect_example(tmp_path, ["--do_train", "--max_steps", "15", "--log_level", "info"])
+    done = run_dect_example(tmp_path, ["--do_train", "--max_steps", "15", "--log_level", "info", "--head", "prototype"])
     assert "resuming training at" in done.stdout + done.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 15
     assert AutoFrozenModel.from_pretrained(out).record.steps == 15

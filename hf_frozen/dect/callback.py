@@ -40,11 +40,12 @@ class DecTTrainerHead(nn.Module):
 
     Args:
         dect ([`DecTModel`]): the model whose config sizes the heads (and whose backbone tells the feature size).
+        hidden_size (`int`, *optional*): the feature size; unset, asked of `dect` (one query of the empty input).
     """
 
-    def __init__(self, dect: DecTModel) -> None:
+    def __init__(self, dect: DecTModel, hidden_size: int | None = None) -> None:
         super().__init__()
-        hidden_size = dect.hidden_size()
+        hidden_size = hidden_size or dect.hidden_size()
         kinds = [head.kind for head in head_types_for(dect.config, has_scores=True)]
         self.heads = nn.ModuleDict({kind: HEADS[kind].build(hidden_size, dect.config, {}) for kind in kinds})
         self.active: str | None = None

@@ -194,12 +194,13 @@ class DecTModel(CachedQueries, HubMixin):
         return HEADS[self.record.head_type or "prototype"].build(hidden_size or self.hidden_size(), self.config,
                                                                  settings)  # fmt: skip
 
-    def new_head(self):
+    def new_head(self, hidden_size: int | None = None):
         """The module a `Trainer` trains: `DecTCallback` chooses the head inside it at train begin, as `fit`
-        does (see `callback.DecTTrainerHead`)."""
+        does (see `callback.DecTTrainerHead`). `hidden_size` unset: the feature size, from the empty input's
+        answer (in a distributed run, pass it, or every process queries that input on its own)."""
         from .callback import DecTTrainerHead
 
-        return DecTTrainerHead(self)
+        return DecTTrainerHead(self, hidden_size)
 
     def choose_head(self, hidden: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor,
                     steps: list[int] | None = None) -> None:  # fmt: skip
