@@ -36,7 +36,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -115,8 +114,11 @@ def run_set(models: Models, name: str, shots_list: list[int], seeds: int, setfit
             cell["setfit_train_seconds"] = next((r["train_seconds"] for r in runs if r["seed"] == 0), None)
             cell["setfit_settings"] = runs[0]["settings"]
         out["cells"][str(shots)] = cell
-        print(f"[{name}] {shots} shots: " + json.dumps({k: v for k, v in cell.items() if k != "choices"}),
-              file=sys.stderr, flush=True)
+        print(
+            f"[{name}] {shots} shots: " + json.dumps({k: v for k, v in cell.items() if k != "choices"}),
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 

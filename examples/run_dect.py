@@ -132,8 +132,8 @@ def main() -> None:
     if training_args.do_train:
         features = {}
         if dect_config.feature_model_name_or_path:
-            features = dict(zip(("feature_model", "feature_tokenizer"),
-                                load_backbone(dect_config.feature_model_name_or_path, "encoder"), strict=True))  # fmt: skip
+            feature_model, feature_tokenizer = load_backbone(dect_config.feature_model_name_or_path, "encoder")
+            features = dict(feature_model=feature_model, feature_tokenizer=feature_tokenizer)
         dect = get_frozen_model(backbone, dect_config, tokenizer=tokenizer, **features)
         head = dect.new_head()
     else:  # evaluate or predict with the head trained before, saved in --output_dir

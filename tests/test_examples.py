@@ -131,7 +131,9 @@ def test_run_dect_trains_saves_evaluates_predicts_and_resumes(tmp_path):
     assert [line.split("\t")[1] for line in predictions[1:]] == dect.predict(test_texts)
 
     # Run again into the same folder with more steps: it resumes from checkpoint-10.
-    done = run_dect_example(tmp_path, ["--do_train", "--max_steps", "15", "--log_level", "info", "--head", "prototype"])
+    done = run_dect_example(
+        tmp_path, ["--do_train", "--max_steps", "15", "--log_level", "info", "--head", "prototype"]
+    )
     assert "resuming training at" in done.stdout + done.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 15
     assert AutoFrozenModel.from_pretrained(out).record.steps == 15

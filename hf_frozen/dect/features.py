@@ -81,7 +81,8 @@ def sentence_transformers_pooling(folder: str | os.PathLike) -> tuple[str, bool]
              for m in chosen]  # fmt: skip
     if len(chosen) != 1 or None in known:
         raise ValueError(
-            f"{config_file} declares the pooling mode(s) {chosen}; hf-frozen pools by exactly one of {list(POOLINGS)}. "
+            f"{config_file} declares the pooling mode(s) {chosen}; hf-frozen pools by exactly one of "
+            f"{list(POOLINGS)}. "
             "Set `feature_pooling=` to one of them to choose it yourself."
         )
     return known[0], normalize
@@ -157,7 +158,9 @@ class TransformersFeatures:
         if declared is not None:
             return declared
         model_type = self.model.config.model_type
-        decoder = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        decoder = (
+            model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
         return ("last" if decoder else "mean"), False
 
     @torch.inference_mode()

@@ -302,9 +302,11 @@ class DecTModel(CachedQueries, HubMixin):
             predicted = self.zero_shot_scores(raw, calibrate=scoring == "zero_shot").argmax(-1).numpy()
         else:
             raise ValueError(f"`scoring` must be 'dect', 'zero_shot' or 'zero_shot_uncalibrated', got {scoring!r}.")
-        queries = {} if self.feature_queries is None else {
-            "feature_queries": self.feature_queries.num_queries - features_before
-        }
+        queries = (
+            {}
+            if self.feature_queries is None
+            else {"feature_queries": self.feature_queries.num_queries - features_before}
+        )
         return {
             **queries,
             "accuracy": float(accuracy_score(labels.numpy(), predicted)),
@@ -399,11 +401,13 @@ class DecTModel(CachedQueries, HubMixin):
                                     feature_tokenizer, feature_name)  # fmt: skip
         if model.feature_queries is not None:
             features = model.feature_queries.backbone
-            if (features.fingerprint, features.settings_fingerprint) != (record.feature_model.get("fingerprint"),
-                                                                         record.feature_model.get("settings_fingerprint")):
+            if (features.fingerprint, features.settings_fingerprint) != (
+                record.feature_model.get("fingerprint"),
+                record.feature_model.get("settings_fingerprint"),
+            ):
                 raise ValueError(
-                    f"The DecT head in {path_or_repo_id} was fitted on features of another model than the feature model "
-                    f"given (recorded: {record.feature_model.get('name_or_path')!r}, given: "
+                    f"The DecT head in {path_or_repo_id} was fitted on features of another model than the feature "
+                    f"model given (recorded: {record.feature_model.get('name_or_path')!r}, given: "
                     f"{features.source.name_or_path!r}; weights, tokenizer or pooling differ): the head would read "
                     "vectors it never saw. Pass the recorded feature model unchanged."
                 )
@@ -435,7 +439,9 @@ def _check_head_shapes(
     """Refuse head weights that do not fit the config and record they came with, before a head is built from them:
     built on the meta device, the expected head allocates nothing, however large a damaged record makes it."""
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in model.build_head(model.record.hidden_size).state_dict().items()}
+        expected = {
+            name: tuple(t.shape) for name, t in model.build_head(model.record.hidden_size).state_dict().items()
+        }
     expected["calibration"] = (model.config.num_classes,)
     found = {name: tuple(t.shape) for name, t in stored.items()}
     if calibration is not None:
@@ -514,7 +520,9 @@ def _feature_model_to_load(
             feature_model, loaded_tokenizer = load_backbone(feature_id, "encoder")
         feature_tokenizer = feature_tokenizer or loaded_tokenizer
     if kind not in ("transformers", "endpoint", "callable"):
-        raise ArtifactError(f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged.")
+        raise ArtifactError(
+            f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged."
+        )
     return feature_model, feature_tokenizer, feature_name or name
 
 

@@ -26,13 +26,18 @@ def sentence_encoder_folder(folder, mode="pooling_mode_cls_token", normalize=Tru
     backbone("encoder", seed=seed).save_pretrained(folder)
     tokenizer().save_pretrained(folder)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]  # fmt: skip
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]  # fmt: skip
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "1_Pooling").mkdir()
     flags = {f"pooling_mode_{m}": False for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags, mode: True}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, **flags, mode: True})
+    )
     return folder
 
 
@@ -67,7 +72,9 @@ def test_the_lm_scores_and_the_sentence_encoder_gives_the_features(tmp_path):
     expected = torch.nn.functional.normalize(states[:, 0], dim=-1)
     torch.testing.assert_close(dect.features(train)[0][:3], expected, atol=1e-5, rtol=1e-5)
     assert dect.record.hidden_size == 32 and dect.record.feature_model["pooling"] == "cls"
-    assert dect.record.feature_model["normalize"] is True and dect.config.feature_model_name_or_path == str(encoder_folder)
+    assert dect.record.feature_model["normalize"] is True and dect.config.feature_model_name_or_path == str(
+        encoder_folder
+    )
     scores = dect.extract(test["text"])[1]
     assert scores.shape == (12, 2), "the LM still gives the prompt's scores"
     # Two caches in one folder, never mixed: the scorer's and the feature model's entries, each once per example.
@@ -162,8 +169,9 @@ def test_a_scorer_without_features_beside_a_feature_function():
             return None, np.zeros((len(prompts), len(label_words)))  # a prompt that knows nothing
 
     encoder = ClusterAPI(dim=8)
-    dect = get_frozen_model(ScoresOnly(), DecTConfig(template=TEMPLATE, label_words=WORDS), backbone_name="scores",
-                            feature_model=lambda texts: encoder(texts, WORDS)[0], feature_name="cluster-v1")  # fmt: skip
+    config = DecTConfig(template=TEMPLATE, label_words=WORDS)
+    dect = get_frozen_model(ScoresOnly(), config, backbone_name="scores", feature_name="cluster-v1",
+                            feature_model=lambda texts: encoder(texts, WORDS)[0])  # fmt: skip
     dect.show_progress = False
     dect.fit(sentiment(32))
     assert dect.record.hidden_size == 8 and dect.record.feature_model["kind"] == "callable"

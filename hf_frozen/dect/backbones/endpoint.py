@@ -329,6 +329,7 @@ class EndpointBackbone:
             )
         return vector
 
+
 def _is_logprob(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and value <= 0
 

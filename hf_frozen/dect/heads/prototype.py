@@ -86,9 +86,10 @@ class DecTHead(Head):
         for f, (train_idx, _) in enumerate(folds):
             in_training[f * len(weights) : (f + 1) * len(weights), train_idx] = True
         template = cls.build(hidden.shape[1], config, {})
-        snapshots = train_heads_together(template, hidden, prior, labels, in_training,
-                                         torch.tensor(weights * len(folds)),
-                                         sorted({c.get("steps") for c in candidates}), config.head_learning_rate)  # fmt: skip
+        steps = sorted({c.get("steps") for c in candidates})
+        weight_of_copy = torch.tensor(weights * len(folds))
+        snapshots = train_heads_together(template, hidden, prior, labels, in_training, weight_of_copy, steps,
+                                         config.head_learning_rate)  # fmt: skip
         out = {}
         for c in candidates:
             rows = torch.arange(len(folds)) * len(weights) + weights.index(c.get("zero_shot_weight"))
