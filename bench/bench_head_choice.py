@@ -7,7 +7,8 @@ counts, the linear head at 5 C x 2 feature scalings, its prompt weight learned),
 are drawn, not queried, so that only the choice is timed: class centres (scale 0.12: the classes overlap, and a
 probe gets 40% to 50% right) in d dimensions (d = 384, MiniLM's width, and 576, SmolLM2's) with unit noise, and
 label-word scores that name the right class 30% of the time; a callable backbone returns them at once. The
-baseline in the same run is what a user would fit instead on the same features: scikit-learn's `LogisticRegression()` (one C, no cross-validation).
+baseline in the same run is what a user would fit instead on the same features: scikit-learn's
+`LogisticRegression()` (one C, no cross-validation).
 
     python bench/bench_head_choice.py                 # 3 repeats per setting, about 2 minutes
     python bench/bench_head_choice.py --classes 7 --shots 64
