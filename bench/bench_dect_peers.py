@@ -108,11 +108,7 @@ def run_set(models: Models, name: str, shots_list: list[int], seeds: int, setfit
                 cell["dect_fit_seconds"] = time.perf_counter() - start
                 cell["dect_head_choice_seconds"] = fresh.fit_seconds["training"]
                 cell["dect_queries"] = fresh.num_queries + fresh.feature_queries.num_queries
-        runs = [r for r in setfit if r["set"] == name and r["shots"] == shots]
-        if runs:
-            cell["setfit"] = [r["accuracy"] for r in runs]
-            cell["setfit_train_seconds"] = next((r["train_seconds"] for r in runs if r["seed"] == 0), None)
-            cell["setfit_settings"] = runs[0]["settings"]
+        add_setfit(cell, [r for r in setfit if r["set"] == name and r["shots"] == shots])
         out["cells"][str(shots)] = cell
         print(
             f"[{name}] {shots} shots: " + json.dumps({k: v for k, v in cell.items() if k != "choices"}),
@@ -120,6 +116,14 @@ def run_set(models: Models, name: str, shots_list: list[int], seeds: int, setfit
             flush=True,
         )
     return out
+
+
+def add_setfit(cell: dict, runs: list[dict]) -> None:
+    """SetFit's accuracies on the cell's seeds, its training time on seed 0 (the seed DecT's fit is timed on)."""
+    if runs:
+        cell["setfit"] = [r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
+        cell["setfit_train_seconds"] = next((r["train_seconds"] for r in runs if r["seed"] == 0), None)
+        cell["setfit_settings"] = runs[0]["settings"]
 
 
 def mean(values: list[float]) -> str:
@@ -159,15 +163,30 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(DATASETS))
     parser.add_argument("--shots", nargs="+", type=int, default=[4, 16, 64])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="query nothing: redo the report from the saved results and the SetFit results now saved",
+    )
     args = parser.parse_args()
     setfit = json.load(open(SETFIT)) if os.path.isfile(SETFIT) else []
-    models = Models()
     path = os.path.join(RESULTS, "dect_peers.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
-    for name in args.sets:
-        results[name] = run_set(models, name, args.shots, args.seeds, setfit)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=1)
+    if args.report_only:
+        for name, result in results.items():
+            for shots, cell in result["cells"].items():
+                add_setfit(cell, [r for r in setfit if r["set"] == name and r["shots"] == int(shots)])
+    else:
+        models = Models()
+        for name in args.sets:
+            result = run_set(models, name, args.shots, args.seeds, setfit)
+            # Cells of other shot counts from an earlier run are kept (rerun one cell, keep the rest).
+            result["cells"] = {**results.get(name, {}).get("cells", {}), **result["cells"]}
+            results[name] = dict(result, cells=dict(sorted(result["cells"].items(), key=lambda kv: int(kv[0]))))
+            with open(path, "w") as f:
+                json.dump(results, f, indent=1)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
     with open(os.path.join(RESULTS, "dect_peers.md"), "w") as f:
         f.write(report(results))
     print(report(results))

@@ -51,7 +51,7 @@ def test_the_readme_demo_block_has_the_form_the_demo_prints():
 def test_the_template_check_can_fail():
     pattern = template_regex(demo_summary_template())
     edited = demo_summary_template().replace("points over", "points above").format(
-        title="T", shots=16, test_examples=1000, calibrated=0.5, uncalibrated=0.5, dect=0.6, gain=10.0,
-        choice="x", head_seconds=1.0, queries=3,
+        title="T", shots=16, test_examples=1000, calibrated=0.5, uncalibrated=0.5, minilm=0.55, dect_lm=0.58,
+        dect=0.6, gain=10.0, choice="x", head_seconds=1.0, queries=3, feature_queries=3,
     )  # fmt: skip
     assert not pattern.fullmatch(edited)
