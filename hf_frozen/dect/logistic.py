@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 HISTORY = 10  # L-BFGS correction pairs kept per problem
+OFFSET_WEIGHT_C = 10.0  # inverse L2 strength on a learned offset weight: the weakest C of the default grid
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MAX_BACKTRACKS = 30
 
@@ -48,9 +49,12 @@ def solve_logistic(
     offset and C: `offsets` (G, P, N, C) and `regularization` (G, P), with `in_training` (G, N) the rows each group
     fits (all rows by default). Returns W (G, P, d, C) and b (G, P, C).
 
-    With `learn_offset_weight`, each problem also learns a weight lambda of its offsets, unpenalised (logits
-    x W + b + lambda * offset): the linear head learns how far to trust the prompt instead of trying a grid of fixed
-    weights, one problem where there were six. Returns (W, b, lambda), lambda (G, P) or a 0-d tensor for one problem.
+    With `learn_offset_weight`, each problem also learns a weight lambda of its offsets (logits x W + b + lambda *
+    offset), under a weak penalty lambda^2 / (2 * OFFSET_WEIGHT_C) of its own: the linear head learns how far to
+    trust the prompt instead of trying a grid of fixed weights, one problem where there were six. The penalty keeps
+    the minimum unique where the offsets alone separate the training rows (unpenalised, lambda would grow without
+    end there, and stop wherever rounding stopped it). Returns (W, b, lambda), lambda (G, P) or a 0-d tensor for one
+    problem.
 
     `tolerance` bounds each problem's largest preconditioned gradient entry, relative to the number of rows it fits;
     a problem also stops when a step no longer lowers its loss (float32 rounding). Measured against scikit-learn's
@@ -104,6 +108,8 @@ def solve_logistic(
         data = (per_example * weights).sum(2)
         linear = x.view(groups, problems, -1)[:, :, :linear_size].reshape(groups, problems, rank + 1, num_classes)
         prior = (penalty * linear[:, :, :rank].square().sum(3)).sum(2)
+        if learn_offset_weight:
+            prior = prior + offset_weight.square() / (2 * OFFSET_WEIGHT_C)
         return (data + prior).reshape(-1)  # (G * P,)
 
     size = linear_size + (1 if learn_offset_weight else 0)

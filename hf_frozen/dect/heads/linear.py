@@ -3,7 +3,8 @@ and scaled features (per dimension, or by one scale for all: `FEATURE_SCALINGS`)
 offset whose weight lambda it learns, trained to its minimum (`logistic.solve_logistic`).
 
 Without label-word scores it is the linear probe a user would fit with scikit-learn on the same cache; with them it
-corrects the prompt instead of replacing it. lambda is learned with W and b (unpenalised), not picked from a grid:
+corrects the prompt instead of replacing it. lambda is learned with W and b (under a weak penalty of its own,
+`logistic.OFFSET_WEIGHT_C`), not picked from a grid:
 one problem per (fold, C, scaling) instead of six, which is most of what brought the head choice at 64 shots x 20
 classes from about a minute to seconds (bench/bench_head_choice.py). A fixed `DecTConfig.zero_shot_weight` is
 used as given.
