@@ -146,7 +146,12 @@ class TransformersFeatures:
         # head reloads its feature model) are the same feature model.
         self.fingerprint = model_fingerprint(self.body, tokenizer)
         self.settings_fingerprint = fingerprint_json(
-            [settings_fingerprint(self.body, tokenizer), self.pooling, self.normalize, self.max_length]
+            [
+                settings_fingerprint(self.body, tokenizer, without_call_state=True),
+                self.pooling,
+                self.normalize,
+                self.max_length,
+            ]
         )
 
     def _pooling(self, setting: str) -> tuple[str, bool]:

@@ -140,8 +140,6 @@ def test_pooling_modes_and_a_declared_mode_hf_frozen_lacks(tmp_path):
 
 
 def test_bad_feature_models_are_named():
-    from transformers import AutoModel
-
     config = DecTConfig(template=TEMPLATE, label_words=WORDS)
     with pytest.raises(ValueError, match="no `feature_tokenizer` was given"):
         get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_model=backbone("encoder"))
@@ -149,7 +147,6 @@ def test_bad_feature_models_are_named():
         get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_model=lambda texts: np.ones((len(texts), 4)))
     with pytest.raises(TypeError, match="`feature_model` must be"):
         get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_model=42)
-    del AutoModel
 
     sizes = iter([4, 5])
     growing = get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_name="grows-v1",
@@ -205,3 +202,14 @@ def test_an_llm_api_with_an_embeddings_api_beside_it(tmp_path):
                                              feature_endpoint=Endpoint(embedder.url, "emb"))  # fmt: skip
     test = sentiment(8, seed=5)
     assert loaded.predict(test) == dect.predict(test)
+
+
+def test_a_used_tokenizer_is_the_same_feature_model():
+    """Calling a fast tokenizer with truncation changes its backend's settings: the fingerprint (and so the cache key
+    and a saved head's record) must not change with it."""
+    config = DecTConfig(template=TEMPLATE, label_words=WORDS)
+    encoder, tok = backbone("encoder"), tokenizer()
+    fresh = get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_model=encoder, feature_tokenizer=tok)
+    tok(["a film"], truncation=True, max_length=7, padding="max_length")  # another task used the same tokenizer
+    used = get_frozen_model(ClusterAPI(), config, backbone_name="c", feature_model=encoder, feature_tokenizer=tok)
+    assert used.feature_queries.backbone.settings_fingerprint == fresh.feature_queries.backbone.settings_fingerprint
