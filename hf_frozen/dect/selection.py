@@ -43,7 +43,7 @@ ONE_SPLIT_FROM = 256
 # Cross-validation reads at most this many training examples, a stratified draw (every class keeps the same share
 # and at least 2 examples); the chosen head is then fitted on all of them. The candidates' cost grows with the
 # examples times their rank, and their ranking is already stable at a few hundred held-out examples. With this and
-# the prototype head's dot-product distances, the choice at 64 shots x 20 classes went from 10.6 s to 1.9 s
+# the prototype head's dot-product distances, the choice at 64 shots x 20 classes went from 10.6 s to 1.7 s
 # (d = 384) and from 16.7 s to 1.4 s (d = 576) on 2 cores (bench/bench_head_choice.py, docs/dect.md).
 MAX_CV_EXAMPLES = 512
 
