@@ -19,6 +19,7 @@ example and cached under its own fingerprint, beside the scorer's entries and ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,11 +34,15 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from ..config import RECORD_NAME
+from ..errors import ArtifactError
 from ..utils.fingerprint import fingerprint_json
+from ..utils.hub import loading_recorded_base
 from .backbones.endpoint import Endpoint, embedding, served_model_entry
 from .backbones.http_client import HTTPClient
-from .backbones.transformers_model import model_fingerprint, settings_fingerprint
+from .backbones.transformers_model import load_backbone, model_fingerprint, settings_fingerprint
 from .config import DecTConfig
+from .record import DecTRecord
 
 POOLINGS = ("mean", "cls", "max", "last")
 # sentence-transformers' pooling flags (`1_Pooling/config.json`) and its newer one-string form -> ours.
@@ -297,3 +302,43 @@ def feature_query_settings(config: DecTConfig) -> dict[str, Any]:
     """The feature cache's part of every key: its role (so that it never shares a key with the scorer's entries)
     and what changes its answers besides the model and the text."""
     return {"role": "features", "pooling": config.feature_pooling, "max_length": config.max_length}
+
+
+def feature_model_to_reload(
+    record: DecTRecord, config: DecTConfig, source: Any, feature_model: Any, feature_tokenizer: Any,
+    feature_endpoint: Endpoint | None, feature_name: str | None,
+) -> tuple[Any, Any, str | None]:  # fmt: skip
+    """(feature model, its tokenizer, its name) to reload a saved head with: the caller's, or for a transformers
+    feature model the recorded one. A URL or callable named in the artifact is never used on its own."""
+    recorded = record.feature_model
+    if feature_endpoint is not None:
+        if feature_model is not None:
+            raise ValueError("Pass the feature model once: `feature_endpoint=` or `feature_model=`, not both.")
+        feature_model = feature_endpoint
+    if not recorded:
+        if feature_model is not None:
+            raise ValueError(f"The DecT head in {source} was fitted without a feature model: pass no `feature_model`.")
+        return None, None, None
+    kind, name = recorded.get("kind"), recorded.get("name_or_path")
+    if kind == "endpoint" and not isinstance(feature_model, Endpoint):
+        raise ValueError(
+            f"The DecT head in {source} reads features from an embeddings API (recorded: {name!r}). Loading never "
+            "contacts a URL named in an artifact: pass it yourself, `from_pretrained(path, feature_endpoint="
+            "Endpoint(base_url, model))`."
+        )
+    if kind == "callable" and not callable(feature_model):
+        raise ValueError(
+            f"The DecT head in {source} reads features from a callable ({name!r}): pass it again as `feature_model=`."
+        )
+    if kind == "transformers" and (feature_model is None or isinstance(feature_model, str)):
+        feature_id = feature_model or config.feature_model_name_or_path
+        if not feature_id:
+            raise ValueError(f"{source} records no feature model id: pass `feature_model=` and `feature_tokenizer=`.")
+        with contextlib.nullcontext() if feature_model else loading_recorded_base(feature_id, source):
+            feature_model, loaded_tokenizer = load_backbone(feature_id, "encoder")
+        feature_tokenizer = feature_tokenizer or loaded_tokenizer
+    if kind not in ("transformers", "endpoint", "callable"):
+        raise ArtifactError(
+            f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged."
+        )
+    return feature_model, feature_tokenizer, feature_name or name

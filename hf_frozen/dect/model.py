@@ -21,13 +21,14 @@ from sklearn.metrics import accuracy_score, f1_score
 from ..config import CONFIG_NAME, RECORD_NAME, load_adapter_files, save_adapter_files
 from ..errors import ArtifactError
 from ..registry import register_adapter
-from ..utils.hub import HubMixin, build_model_card, loading_recorded_base
+from ..utils.hub import HubMixin, loading_recorded_base
 from ..utils.logging import get_logger
 from .backbones import AUTO_CLASSES, Backbone, Endpoint, build_backbone, load_backbone
 from .cache import CachedQueries
+from .card import model_card
 from .config import DecTConfig
 from .data import is_table, read_examples
-from .features import FeatureModel, build_feature_model, feature_query_settings
+from .features import FeatureModel, build_feature_model, feature_model_to_reload, feature_query_settings
 from .heads import HEADS, Head
 from .record import DecTRecord
 from .selection import choose_head_settings
@@ -394,7 +395,7 @@ class DecTModel(CachedQueries, HubMixin):
             with contextlib.nullcontext() if base_model else loading_recorded_base(base_id, path_or_repo_id):
                 base_model, loaded_tokenizer = load_backbone(base_id, record.backbone_kind, **base_model_kwargs)
             tokenizer = tokenizer or loaded_tokenizer
-        feature_model, feature_tokenizer, feature_name = _feature_model_to_load(
+        feature_model, feature_tokenizer, feature_name = feature_model_to_reload(
             record, config, path_or_repo_id, feature_model, feature_tokenizer, feature_endpoint, feature_name
         )
         model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder, feature_model,
@@ -453,77 +454,6 @@ def _check_head_shapes(
             f"The head weights in {source} do not fit its {CONFIG_NAME} and {RECORD_NAME} (tensor shapes expected "
             f"{expected}, found {found}): the artifact is damaged. Save the head again, or download it again."
         )
-
-
-def model_card(c: DecTConfig, r: DecTRecord, head: Head, repo_id: str | None = None) -> str:
-    """The README.md that `push_to_hub` uploads with a DecT head (through `huggingface_hub.ModelCard`)."""
-    classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
-    if r.feature_model:
-        features = f"the pooled embedding of the text by the feature model `{c.feature_model_name_or_path}`"
-    else:
-        features = "the backbone's hidden state"
-    body = f"""
-# DecT head
-
-A [Decoder Tuning](https://arxiv.org/abs/2212.08408) head for the frozen backbone
-`{c.backbone_name_or_path}` ({r.backbone_kind}): {head.describe(c)}, over {features}, combined with the
-prompt's label-word scores.
-
-- Template: `{c.template}`
-- Classes and label words: {classes}
-- Zero-shot weight in use: `{r.zero_shot_weight}` (calibrated: `{r.calibrate}`)
-- Head: `{r.head_type}`, training steps: `{r.steps}`
-
-## Usage
-
-```python
-from hf_frozen import AutoFrozenModel
-
-dect = AutoFrozenModel.from_pretrained("{repo_id or "<this repo id>"}")
-dect.predict(["some text"])
-```
-"""
-    return build_model_card(c.backbone_name_or_path, ["dect"], "text-classification", body)
-
-
-def _feature_model_to_load(
-    record: DecTRecord, config: DecTConfig, source: Any, feature_model: Any, feature_tokenizer: Any,
-    feature_endpoint: Endpoint | None, feature_name: str | None,
-) -> tuple[Any, Any, str | None]:  # fmt: skip
-    """(feature model, its tokenizer, its name) to reload a saved head with: the caller's, or for a transformers
-    feature model the recorded one. A URL or callable named in the artifact is never used on its own."""
-    recorded = record.feature_model
-    if feature_endpoint is not None:
-        if feature_model is not None:
-            raise ValueError("Pass the feature model once: `feature_endpoint=` or `feature_model=`, not both.")
-        feature_model = feature_endpoint
-    if not recorded:
-        if feature_model is not None:
-            raise ValueError(f"The DecT head in {source} was fitted without a feature model: pass no `feature_model`.")
-        return None, None, None
-    kind, name = recorded.get("kind"), recorded.get("name_or_path")
-    if kind == "endpoint" and not isinstance(feature_model, Endpoint):
-        raise ValueError(
-            f"The DecT head in {source} reads features from an embeddings API (recorded: {name!r}). Loading never "
-            "contacts a URL named in an artifact: pass it yourself, `from_pretrained(path, feature_endpoint="
-            "Endpoint(base_url, model))`."
-        )
-    if kind == "callable" and not callable(feature_model):
-        raise ValueError(
-            f"The DecT head in {source} reads features from a callable ({name!r}): pass it again as `feature_model=`."
-        )
-    if kind == "transformers" and (feature_model is None or isinstance(feature_model, str)):
-        feature_id = feature_model or config.feature_model_name_or_path
-        if not feature_id:
-            raise ValueError(f"{source} records no feature model id: pass `feature_model=` and `feature_tokenizer=`.")
-        with contextlib.nullcontext() if feature_model else loading_recorded_base(feature_id, source):
-            feature_model, loaded_tokenizer = load_backbone(feature_id, "encoder")
-        feature_tokenizer = feature_tokenizer or loaded_tokenizer
-    if kind not in ("transformers", "endpoint", "callable"):
-        raise ArtifactError(
-            f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged."
-        )
-    return feature_model, feature_tokenizer, feature_name or name
 
 
 register_adapter(DecTConfig, DecTModel)
