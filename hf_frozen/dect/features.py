@@ -39,7 +39,6 @@ from ..errors import ArtifactError
 from ..utils.fingerprint import fingerprint_json
 from ..utils.hub import loading_recorded_base
 from .backbones.endpoint import Endpoint, embedding, served_model_entry
-from .backbones.http_client import HTTPClient
 from .backbones.transformers_model import load_backbone, model_fingerprint, settings_fingerprint
 from .config import DecTConfig
 from .record import DecTRecord
@@ -200,8 +199,7 @@ class EndpointFeatures:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.client = HTTPClient(endpoint.base_url, os.environ.get(endpoint.api_key_env) or None, endpoint.timeout,
-                                 endpoint.max_retries, endpoint.backoff, endpoint.max_response_bytes)  # fmt: skip
+        self.client = endpoint.client()
         entry = served_model_entry(self.client, endpoint)
         self.name_or_path = endpoint.model
         self.fingerprint = hashlib.sha256(

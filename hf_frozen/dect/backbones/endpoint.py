@@ -111,6 +111,11 @@ class Endpoint:
                 return root[: -len(suffix)]
         return root
 
+    def client(self) -> HTTPClient:
+        """An HTTP client for this endpoint, its API key read from the environment now (never stored)."""
+        return HTTPClient(self.base_url, os.environ.get(self.api_key_env) or None, self.timeout, self.max_retries,
+                          self.backoff, self.max_response_bytes)  # fmt: skip
+
     def saved_settings(self) -> dict[str, Any]:
         """What a saved head records to find the endpoint again: no key, only the variable that holds it."""
         fields = ("base_url", "model", "api_key_env", "label_scores", "top_logprobs")
@@ -136,8 +141,7 @@ class EndpointBackbone:
         self.config = config
         self.prompt = PromptTemplate(config.template)
         check_answer_comes_last(self.prompt, "an endpoint backbone")
-        self.client = HTTPClient(endpoint.base_url, os.environ.get(endpoint.api_key_env) or None, endpoint.timeout,
-                                 endpoint.max_retries, endpoint.backoff, endpoint.max_response_bytes)  # fmt: skip
+        self.client = endpoint.client()
         self.want_hidden = want_hidden  # False beside a feature model: the scorer's vectors would go unused
         self.hidden_size: int | None = None  # the embeddings route's size, from its first answer
         self.model_entry = served_model_entry(self.client, endpoint)
