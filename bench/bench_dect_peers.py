@@ -12,7 +12,9 @@ spam, 2016 election tweets and `text_sources` (7 classes), each with a fixed, st
 - **MiniLM probe**: the same on the MiniLM embeddings ("five lines of scikit-learn");
 - **SetFit**: `bench/setfit_baseline.py`'s results (run it first; its settings and training time are its own);
 - **DecT (LM)**: DecT's defaults on SmolLM2 alone;
-- **DecT (LM + MiniLM)**: DecT's defaults, SmolLM2's scores with MiniLM's features (`feature_model=`).
+- **DecT (LM scores, MiniLM features)**: SmolLM2's scores, MiniLM's features alone (`combine_features=False`);
+- **DecT (LM + MiniLM)**: DecT's defaults with `feature_model=`: SmolLM2's scores, and SmolLM2's states next to
+  MiniLM's features.
 
 Every query is cached under ~/.cache/hf_frozen/bench-queries (one per example and model, ever). DecT's fit time
 is measured for real on seed 0 of each cell, from empty in-memory caches: its queries (both models, the calibration
@@ -65,8 +67,8 @@ class Models:
         emb = minilm_folder()
         self.emb, self.emb_tokenizer = AutoModel.from_pretrained(emb), AutoTokenizer.from_pretrained(emb)
 
-    def dect(self, prompt: dict, features: bool, cache: bool = True):
-        config = DecTConfig(**prompt, batch_size=32,
+    def dect(self, prompt: dict, features: bool, cache: bool = True, combine: bool | None = None):
+        config = DecTConfig(**prompt, combine_features=combine,
                             query_cache_dir=str(CACHE / "bench-queries") if cache else None)  # fmt: skip
         extra = dict(feature_model=self.emb, feature_tokenizer=self.emb_tokenizer) if features else {}
         dect = get_frozen_model(self.lm, config, tokenizer=self.lm_tokenizer, **extra)
@@ -80,24 +82,27 @@ def run_set(models: Models, name: str, shots_list: list[int], seeds: int, setfit
     loader, prompt = DATASETS[name]
     split = fixed_split(loader(), test_size=1000, seed=0)
     lm_only, two = models.dect(prompt, features=False), models.dect(prompt, features=True)
+    minilm_only = models.dect(prompt, features=True, combine=False)
     test = split["test"]
     start = time.perf_counter()
     test_lm, _, test_y = lm_only.features(test)
-    test_emb, _, _ = two.features(test)
+    test_emb, _, _ = minilm_only.features(test)
     print(f"[{name}] test features in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
     out = {"test_examples": len(test), "pool_examples": len(split["pool"]),
            "prompt": two.evaluate(test, scoring="zero_shot")["accuracy"], "cells": {}}  # fmt: skip
     for shots in shots_list:
-        cell: dict = {m: [] for m in ("lm_probe", "minilm_probe", "dect_lm", "dect_lm_minilm")}
+        cell: dict = {m: [] for m in ("lm_probe", "minilm_probe", "dect_lm", "dect_minilm_features", "dect_lm_minilm")}
         cell["choices"] = []
         for seed in range(seeds):
             train = few_shot(split["pool"], shots, seed=seed)
             lm_x, _, y = lm_only.features(train)
-            emb_x, _, _ = two.features(train)
+            emb_x, _, _ = minilm_only.features(train)
             cell["lm_probe"].append(probe_accuracy(lm_x, y, test_lm, test_y))
             cell["minilm_probe"].append(probe_accuracy(emb_x, y, test_emb, test_y))
             lm_only.fit(train)
             cell["dect_lm"].append(lm_only.evaluate(test)["accuracy"])
+            minilm_only.fit(train)
+            cell["dect_minilm_features"].append(minilm_only.evaluate(test)["accuracy"])
             two.fit(train)
             cell["dect_lm_minilm"].append(two.evaluate(test)["accuracy"])
             cell["choices"].append(two.cv_choice)
@@ -138,9 +143,9 @@ def report(results: dict) -> str:
     for name, r in results.items():
         lines += [f"**{name}** ({r['test_examples']} test examples, pool {r['pool_examples']}; calibrated prompt "
                   f"{100 * r['prompt']:.1f}%)", "",
-                  "| shots/class | prompt | LM probe | MiniLM probe | SetFit | DecT (LM) | DecT (LM + MiniLM) | "
-                  "floor met | DecT fit (s) | SetFit train (s) | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| shots/class | prompt | LM probe | MiniLM probe | SetFit | DecT (LM) | DecT (LM scores, MiniLM "
+                  "features) | DecT (LM + MiniLM) | floor met | DecT fit (s) | SetFit train (s) | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for shots, c in r["cells"].items():
             peers = [r["prompt"], statistics.mean(c["lm_probe"]), statistics.mean(c["minilm_probe"])]
             if c.get("setfit"):
@@ -150,7 +155,8 @@ def report(results: dict) -> str:
             ratio = f"1/{setfit_time / c['dect_fit_seconds']:.0f}" if setfit_time else ""
             lines.append(
                 f"| {shots} | {100 * r['prompt']:.1f}% | {mean(c['lm_probe'])} | {mean(c['minilm_probe'])} | "
-                f"{mean(c.get('setfit', []))} | {mean(c['dect_lm'])} | **{mean(c['dect_lm_minilm'])}** | "
+                f"{mean(c.get('setfit', []))} | {mean(c['dect_lm'])} | {mean(c.get('dect_minilm_features', []))} | "
+                f"**{mean(c['dect_lm_minilm'])}** | "
                 f"{'yes' if met else 'NO'} | {c['dect_fit_seconds']:.1f} | "
                 f"{f'{setfit_time:.0f}' if setfit_time else ''} | {ratio} |"
             )

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """DecT on a real, offline default: two frozen models on two tasks, all shipped in PyPI packages.
 
-SmolLM2-135M-Instruct answers the prompt (its label-word scores); all-MiniLM-L6-v2, a 22M-parameter sentence
-encoder, gives the features the head reads (`feature_model=`). Each model is queried once per example.
+SmolLM2-135M-Instruct answers the prompt (its label-word scores and its hidden state at the answer position);
+all-MiniLM-L6-v2, a 22M-parameter sentence encoder, embeds the text (`feature_model=`). The head reads both
+models' vectors beside the prompt's scores. Each model is queried once per example.
 
 - Rotten Tomatoes (is a review fresh or rotten?): SmolLM2's prompt alone is already good; MiniLM's embeddings
   alone are weak.
@@ -80,12 +81,13 @@ SUMMARY = """{title}, {shots} training examples per class, {test_examples} test 
 def explain(dect) -> str:
     """What cross-validation on the training examples chose, and what each model contributes to it, in words."""
     r = dect.record
+    features = "SmolLM2's states and MiniLM's features" if dect.config.combine_features else "MiniLM's features"
     if r.head_type == "prompt":
-        return "SmolLM2's prompt alone (no trained head on MiniLM's features did better on held-out training examples)"
+        return f"SmolLM2's prompt alone (no trained head on {features} did better on held-out training examples)"
     if r.head_type == "linear":
-        how = f"a linear head on MiniLM's features (a regularised logistic regression, C={r.regularization})"
+        how = f"a linear head on {features} (a regularised logistic regression, C={r.regularization})"
     else:
-        how = f"the paper's prototype head on MiniLM's features ({r.steps} training steps)"
+        how = f"the paper's prototype head on {features} ({r.steps} training steps)"
     if abs(r.zero_shot_weight) < 0.005:
         return f"{how}, ignoring SmolLM2's answer"
     return f"{how}, plus SmolLM2's label-word scores at weight {r.zero_shot_weight:.2f}"
@@ -117,13 +119,14 @@ def main() -> None:
         # SmolLM2 alone: its scores and its own hidden states (the answer cache is shared with the model below).
         lm_only = get_frozen_model(backbone, config, tokenizer=tokenizer)
         lm_only.fit(train)
-        # SmolLM2's scores, MiniLM's features.
+        # SmolLM2's scores, SmolLM2's states next to MiniLM's features.
         dect = get_frozen_model(backbone, config, tokenizer=tokenizer, feature_model=encoder,
                                 feature_tokenizer=encoder_tokenizer)  # fmt: skip
         dect.fit(train)
         test_start = time.perf_counter()
-        features, _, labels = dect.features(train)
-        test_features, _, test_labels = dect.features(test)
+        # The probe reads MiniLM's features alone (the feature model's cache).
+        (features, _), labels = dect.feature_queries.extract(train["text"]), dect.features(train)[2]
+        (test_features, _), test_labels = dect.feature_queries.extract(test["text"]), dect.features(test)[2]
         probe = LogisticRegression(max_iter=2000).fit(features.numpy(), labels.numpy())
         results = {
             "zero_shot_uncalibrated": dect.evaluate(test, scoring="zero_shot_uncalibrated")["accuracy"],

@@ -13,6 +13,8 @@ def model_card(c: DecTConfig, r: DecTRecord, head: Head, repo_id: str | None = N
     classes = ", ".join(f"{name} = {'|'.join(words)}" for name, words in zip(c.labels, c.label_words, strict=True))
     if r.feature_model:
         features = f"the pooled embedding of the text by the feature model `{c.feature_model_name_or_path}`"
+        if c.combine_features:
+            features += " next to the backbone's hidden state (each scaled to unit length)"
     else:
         features = "the backbone's hidden state"
     body = f"""

@@ -28,7 +28,13 @@ from .cache import CachedQueries
 from .card import model_card
 from .config import DecTConfig
 from .data import is_table, read_examples
-from .features import FeatureModel, build_feature_model, feature_model_to_reload, feature_query_settings
+from .features import (
+    FeatureModel,
+    build_feature_model,
+    combined_features,
+    feature_model_to_reload,
+    feature_query_settings,
+)
 from .heads import HEADS, Head
 from .record import DecTRecord
 from .selection import choose_head_settings
@@ -113,8 +119,10 @@ class DecTModel(CachedQueries, HubMixin):
             features = build_feature_model(feature_model, feature_tokenizer, config, feature_name)
             if config.feature_model_name_or_path is None:
                 config.feature_model_name_or_path = features.source.name_or_path
+            if config.combine_features is None:  # a transformers model's states come with its scores for free
+                config.combine_features = not isinstance(model, Endpoint)
         backbone = build_backbone(model, config, tokenizer, backbone_name, answer_placeholder,
-                                  want_hidden=features is None)  # fmt: skip
+                                  want_hidden=features is None or config.combine_features)  # fmt: skip
         if config.backbone_name_or_path is None:
             if backbone.kind == "callable":
                 config.backbone_name_or_path = backbone_name
@@ -159,11 +167,13 @@ class DecTModel(CachedQueries, HubMixin):
         text_pairs: Sequence[str | None] | None = None,
         split_across_processes: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The head's features (N, d) and the raw label-word scores (N, C) or None, each example queried once: the
-        features from the feature model when there is one (`CachedQueries.extract` otherwise)."""
+        """The head's features (N, d) and the raw label-word scores (N, C) or None, each example queried once: with
+        a feature model its vectors, next to the backbone's states unless `combine_features` is off
+        (`features.combined_features`); else the backbone's states (`CachedQueries.extract`)."""
         hidden, raw = super().extract(texts, text_pairs, split_across_processes)
         if self.feature_queries is not None:
-            hidden, _ = self.feature_queries.extract(texts, text_pairs, split_across_processes)
+            features, _ = self.feature_queries.extract(texts, text_pairs, split_across_processes)
+            hidden = combined_features(hidden, features) if self.config.combine_features else features
         return hidden, raw
 
     def features(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -412,7 +422,7 @@ class DecTModel(CachedQueries, HubMixin):
                     f"{features.source.name_or_path!r}; weights, tokenizer or pooling differ): the head would read "
                     "vectors it never saw. Pass the recorded feature model unchanged."
                 )
-            features.hidden_size = record.hidden_size
+            features.hidden_size = record.feature_model.get("hidden_size") or record.hidden_size
         settings_changed = record.backbone_settings_fingerprint not in (None, model.backbone.settings_fingerprint)
         if model.record.backbone_fingerprint != record.backbone_fingerprint or settings_changed:
             raise ValueError(

@@ -61,7 +61,7 @@ def test_command_reads_features_from_a_second_model(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["backbone_queries"] == 16 + 12 + 1 and metrics["feature_queries"] == 16 + 12 + 1
     loaded = AutoFrozenModel.from_pretrained(tmp_path / "out")
-    assert loaded.record.feature_model["pooling"] == "cls" and loaded.record.hidden_size == 32
+    assert loaded.record.feature_model["pooling"] == "cls" and loaded.record.feature_model["hidden_size"] == 32
 
     missing = subprocess.run([*common, "--feature_model_name_or_path", str(tmp_path / "nowhere"), "--output_dir",
                               str(tmp_path / "x")], capture_output=True, text=True, check=False)  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hf_frozen import AutoFrozenModel, DecTConfig, Endpoint, get_frozen_model
+from hf_frozen.dect.cache import CachedQueries
 from hf_frozen.dect.features import pool, sentence_transformers_pooling
 
 from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, backbone, sentiment, tokenizer
@@ -65,13 +66,18 @@ def test_the_lm_scores_and_the_sentence_encoder_gives_the_features(tmp_path):
     train, test = sentiment(16), sentiment(12, seed=3)
     dect.fit(train)
     assert dect.num_queries == 16 + 1 and dect.feature_queries.num_queries == 16 + 1, "each model once per example"
-    # The features are the encoder's CLS vector of the text alone (not the prompt), normalised, as the folder says.
+    # The features are the LM's state at the answer position, next to the encoder's CLS vector of the text alone
+    # (not the prompt), normalised as the folder says; each scaled to unit length.
     encoder, tok = AutoModel.from_pretrained(encoder_folder).eval(), tokenizer()
     with torch.no_grad():
         states = encoder(**tok(train["text"][:3], return_tensors="pt", padding=True)).last_hidden_state
     expected = torch.nn.functional.normalize(states[:, 0], dim=-1)
+    lm_states = CachedQueries.extract(dect, train["text"][:3])[0]
+    assert not torch.allclose(lm_states.norm(dim=1), torch.ones(3)), "the LM's states are not unit length as such"
+    expected = torch.cat([torch.nn.functional.normalize(lm_states, dim=-1), expected], dim=1)
     torch.testing.assert_close(dect.features(train)[0][:3], expected, atol=1e-5, rtol=1e-5)
-    assert dect.record.hidden_size == 32 and dect.record.feature_model["pooling"] == "cls"
+    assert dect.record.hidden_size == 32 + 32 and dect.record.feature_model["hidden_size"] == 32
+    assert dect.config.combine_features is True and dect.record.feature_model["pooling"] == "cls"
     assert dect.record.feature_model["normalize"] is True and dect.config.feature_model_name_or_path == str(
         encoder_folder
     )
@@ -92,6 +98,17 @@ def test_the_lm_scores_and_the_sentence_encoder_gives_the_features(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == dect.predict(test)
+
+
+def test_the_feature_model_alone_when_combining_is_off(tmp_path):
+    dect, _, _ = two_model_dect(tmp_path, combine_features=False)
+    train = sentiment(16)
+    dect.fit(train)
+    torch.testing.assert_close(dect.features(train)[0], dect.feature_queries.extract(train["text"])[0])
+    assert dect.record.hidden_size == 32
+    dect.save_pretrained(tmp_path / "head")
+    reloaded = AutoFrozenModel.from_pretrained(tmp_path / "head")
+    assert reloaded.config.combine_features is False and reloaded.predict(train) == dect.predict(train)
 
 
 def test_a_head_refuses_another_feature_model(tmp_path):
@@ -175,20 +192,37 @@ def test_a_scorer_without_features_beside_a_feature_function():
     assert dect.evaluate(sentiment(60, seed=2))["accuracy"] > 0.9
 
 
+def embeddings_server() -> ScriptedServer:
+    """An embeddings API serving "emb": 3-dimensional vectors, the first telling the sentiment."""
+
+    def embed(body):
+        text = body["input"][0]
+        vector = [float("good" in text or "great" in text), 1.0, float(len(text) % 3)]
+        return 200, {}, json.dumps({"data": [{"embedding": vector}]}).encode()
+
+    return ScriptedServer({"/v1/models": ok({"data": [{"id": "emb"}]}), "/v1/embeddings": embed})
+
+
+def test_an_endpoint_scorer_adds_its_own_states_when_asked():
+    """`combine_features=True` beside an `Endpoint` scorer: its embeddings route gives the answer-position states,
+    which the head reads next to the feature API's vectors."""
+    scorer, embedder = ScriptedServer(working_routes()), embeddings_server()
+    config = DecTConfig(template="Review: {text} Sentiment:{answer}", label_words=["bad", "good"],
+                        combine_features=True)  # fmt: skip
+    dect = get_frozen_model(Endpoint(scorer.url, "m", concurrency=1), config,
+                            feature_model=Endpoint(embedder.url, "emb", concurrency=1))  # fmt: skip
+    dect.show_progress = False
+    dect.fit(sentiment(16))
+    assert "/v1/embeddings" in scorer.requests and dect.record.feature_model["hidden_size"] == 3
+    assert dect.record.hidden_size == dect.backbone.hidden_size + 3
+
+
 def test_an_llm_api_with_an_embeddings_api_beside_it(tmp_path):
     """Scores from one server's completion route (its embeddings route is never asked), features from another
     server's embeddings route; the saved head reloads only onto the endpoints the caller passes."""
     scorer_routes = working_routes()
     del scorer_routes["/v1/embeddings"]
-    scorer = ScriptedServer(scorer_routes)
-    vectors = {}
-
-    def embed(body):
-        text = body["input"][0]
-        vector = vectors.setdefault(text, [float("good" in text or "great" in text), 1.0, float(len(text) % 3)])
-        return 200, {}, json.dumps({"data": [{"embedding": vector}]}).encode()
-
-    embedder = ScriptedServer({"/v1/models": ok({"data": [{"id": "emb"}]}), "/v1/embeddings": embed})
+    scorer, embedder = ScriptedServer(scorer_routes), embeddings_server()
     config = DecTConfig(template="Review: {text} Sentiment:{answer}", label_words=["bad", "good"])
     dect = get_frozen_model(Endpoint(scorer.url, "m", concurrency=1), config,
                             feature_model=Endpoint(embedder.url, "emb", concurrency=1))  # fmt: skip
