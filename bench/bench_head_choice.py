@@ -5,10 +5,10 @@ The head choice is everything `DecTModel.fit` does after the queries (`fit_secon
 cross-validation of every candidate head (the prompt alone, the prototype decoder at 6 zero-shot weights x 2 step
 counts, the linear head at 5 C x 2 feature scalings, its prompt weight learned), and the final fit. The features
 are drawn, not queried, so that only the choice is timed: class centres (scale 0.12: the classes overlap, and a
-probe gets 40% to 50% right) in d dimensions (d = 384, MiniLM's width; 576, SmolLM2's; 960, both side by side as `combine_features` gives them) with unit noise, and
-label-word scores that name the right class 30% of the time; a callable backbone returns them at once. The
-baseline in the same run is what a user would fit instead on the same features: scikit-learn's
-`LogisticRegression()` (one C, no cross-validation).
+probe gets 40% to 50% right) in d dimensions (d = 384, MiniLM's width; 576, SmolLM2's; 960, both side by side as
+`combine_features` gives them) with unit noise, and label-word scores that name the right class 30% of the time; a
+callable backbone returns them at once. The baseline in the same run is what a user would fit instead on the same
+features: scikit-learn's `LogisticRegression()` (one C, no cross-validation).
 
     python bench/bench_head_choice.py                 # 3 repeats per setting, about 2 minutes
     python bench/bench_head_choice.py --classes 7 --shots 64

@@ -13,10 +13,11 @@ feature_model=emb, feature_tokenizer=emb_tok)` takes any of:
 - an `Endpoint` (its embeddings route);
 - a callable `fn(texts) -> (N, d) array`, with `feature_name=` naming the model and version for the cache key.
 
-The head reads the feature model's vectors next to the backbone's own states (`combined_features`), or the
-vectors alone with `DecTConfig(combine_features=False)` (the default for an `Endpoint` backbone, whose states would
-cost an embeddings request each). The feature model sees the text alone (a text pair joined by a newline), not the prompt. It is queried once per
-example and cached under its own fingerprint, beside the scorer's entries and never mixed with them.
+The head reads the feature model's vectors next to the backbone's own states (`combined_features`), or the vectors
+alone with `DecTConfig(combine_features=False)` (the default for an `Endpoint` backbone, whose states would cost an
+embeddings request each). The feature model sees the text alone (a text pair joined by a newline), not the prompt.
+It is queried once per example and cached under its own fingerprint, beside the scorer's entries and never mixed
+with them.
 """
 
 from __future__ import annotations
