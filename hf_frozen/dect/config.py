@@ -161,8 +161,8 @@ class DecTConfig(FrozenAdapterConfig):
     )  # fmt: skip
     combine_features: bool | None = dataclasses.field(
         default=None,
-        metadata={"help": "With a feature model: read the backbone's hidden states too, next to its vectors (each "
-                  "scaled to unit length). Unset: yes, except for an endpoint backbone."},
+        metadata={"help": "With a feature model: read the backbone's hidden states too, next to the feature "
+                  "model's vectors (each scaled to unit length). Unset: yes, except for an endpoint backbone."},
     )  # fmt: skip
     regularization_candidates: list[float] = dataclasses.field(
         default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0],
