@@ -112,6 +112,7 @@ def task_catalog(
                            config.base_model_name_or_path))  # fmt: skip
         elif adapter_type == "dect":
             config = DecTConfig.from_pretrained(source, revision=revision, token=token)
+            _check_servable_features(name, source, revision, token)
             add(ServedTask(name, CLASSIFICATION, source, revision, config.to_dict(), weights_sha256,
                            config.backbone_name_or_path, tuple(config.labels or ())))  # fmt: skip
         elif adapter_type == "multi_encoder":
@@ -127,6 +128,26 @@ def task_catalog(
     if not catalog:
         raise ValueError("No task to serve: give at least one --task NAME=FOLDER_OR_REPO or --set FOLDER_OR_REPO.")
     return catalog
+
+
+def _check_servable_features(name: str, source: str, revision: str | None, token: str | bool | None) -> None:
+    """Refuse, at the start rather than at the first request, a DecT head whose features come from an embeddings API
+    or a callable: loading takes those only from the caller (a URL or function named in an artifact is never used),
+    and a server has none to give. A transformers feature model is loaded from its recorded id, like the backbone."""
+    try:
+        path = resolve_file(source, RECORD_NAME, revision=revision, token=token)
+    except FileNotFoundError:
+        return
+    features = read_json_object(path).get("feature_model") or {}
+    if not isinstance(features, dict):
+        raise ArtifactError(f"{path} is damaged: `feature_model` is {features!r:.40}, not an object.")
+    if features.get("kind") in ("endpoint", "callable"):
+        what = "an embeddings API" if features["kind"] == "endpoint" else "a Python callable"
+        raise ValueError(
+            f"Task {name!r}: the DecT head in {source} reads its features from {what} "
+            f"({features.get('name_or_path')!r:.80}), which only the caller of `from_pretrained` can pass; a server "
+            "cannot. Serve a head fitted with a transformers feature model (loaded from its recorded id), or none."
+        )
 
 
 def _recorded_weights_sha256(source: str, revision: str | None, token: str | bool | None) -> str | None:

@@ -13,9 +13,9 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, MultiEncoderModel
+from hf_frozen import AutoFrozenModel, FrozenDecoderConfig, MultiEncoderModel, get_frozen_model
 
 from .. import tiny_dect
 from ..tiny_models import save_tiny_t5_with_tokenizer
@@ -45,7 +45,8 @@ def perturbed(model: MultiEncoderModel, seed: int) -> MultiEncoderModel:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """A tiny T5 base with its tokenizer; a set of two LoRA tasks; a full-encoder task; a spare full-encoder task (to
-    be changed on disk); a DecT head on a tiny GPT-2 saved with its tokenizer."""
+    be changed on disk); two DecT heads on a tiny GPT-2 saved with its tokenizer, one of them reading a tiny BERT's
+    features too (`feature_model=`, loaded by the server from its recorded folder)."""
     root = tmp_path_factory.mktemp("serving")
     save_tiny_t5_with_tokenizer(root / "base")
     lora = FrozenDecoderConfig(encoder_training="lora", lora_r=4)
@@ -60,6 +61,14 @@ def artifacts(tmp_path_factory):
     dect = tiny_dect.make("causal_lm", head="prototype")
     dect.config.backbone_name_or_path = str(root / "lm")
     dect.fit(tiny_dect.sentiment(16)).save_pretrained(root / "sentiment")
+    tiny_dect.backbone("encoder", seed=1).save_pretrained(root / "encoder")
+    tiny_dect.tokenizer().save_pretrained(root / "encoder")
+    two = get_frozen_model(AutoModelForCausalLM.from_pretrained(root / "lm"), dect.config,
+                           tokenizer=AutoTokenizer.from_pretrained(root / "lm"),
+                           feature_model=AutoModel.from_pretrained(root / "encoder"),
+                           feature_tokenizer=AutoTokenizer.from_pretrained(root / "encoder"))  # fmt: skip
+    two.show_progress = False
+    two.fit(tiny_dect.sentiment(16, seed=1)).save_pretrained(root / "two_model")
     return root
 
 
@@ -69,7 +78,8 @@ def server(artifacts):
     back), batches that wait up to half a second to fill."""
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     catalog = task_catalog({"qa": str(artifacts / "full" / "qa"), "spare": str(artifacts / "full" / "spare"),
-                            "sentiment": str(artifacts / "sentiment")}, sets=[str(artifacts / "set")])  # fmt: skip
+                            "sentiment": str(artifacts / "sentiment"), "two_model": str(artifacts / "two_model")},
+                           sets=[str(artifacts / "set")])  # fmt: skip
     replicas = ReplicaOptions(max_tasks_per_replica=2, max_batch_size=8, batch_wait_timeout_s=0.5, num_cpus=1)
     run_server(build_app(catalog, str(artifacts / "base"), replicas=replicas, limits=LIMITS), port=PORT, block=False)
     yield serve.get_deployment_handle("generation", APP_NAME)
@@ -153,7 +163,7 @@ def test_the_model_list_and_an_unknown_task(server):
     assert listed["object"] == "list"
     kinds = {m["id"]: m["task"] for m in listed["data"]}
     assert kinds == {"summarize": "generation", "translate": "generation", "qa": "generation",
-                     "spare": "generation", "sentiment": "classification"}  # fmt: skip
+                     "spare": "generation", "sentiment": "classification", "two_model": "classification"}  # fmt: skip
     answer = complete("sumarize", "w5")
     assert answer.status_code == 404
     error = answer.json()["error"]
@@ -213,13 +223,18 @@ def test_a_task_folder_changed_on_disk_after_the_start_is_refused(server, artifa
     assert complete("spare", "w5").status_code == 200  # the folder as it was at the start: served again
 
 
-def test_dect_heads_answer_on_the_classification_route(server, artifacts):
+@pytest.mark.parametrize("task", ["sentiment", "two_model"])
+def test_dect_heads_answer_on_the_classification_route(server, artifacts, task):
     texts = list(tiny_dect.sentiment(6, seed=3)["text"])
-    head = AutoFrozenModel.from_pretrained(str(artifacts / "sentiment"))
-    answer = requests.post(f"{URL}/classifications", json={"model": "sentiment", "input": texts}, timeout=120)
+    head = AutoFrozenModel.from_pretrained(str(artifacts / task))
+    assert (head.feature_queries is not None) == (task == "two_model")
+    answer = requests.post(f"{URL}/classifications", json={"model": task, "input": texts}, timeout=120)
     assert answer.status_code == 200, answer.text
     data = answer.json()["data"]
     assert [d["label"] for d in data] == head.predict(texts)
+    probabilities = head.decision_scores(texts).float().softmax(-1)
+    served = torch.tensor([[d["scores"][label] for label in ("neg", "pos")] for d in data])
+    torch.testing.assert_close(served, probabilities, atol=1e-5, rtol=0)
     for d in data:
         assert set(d["scores"]) == {"neg", "pos"} and abs(sum(d["scores"].values()) - 1) < 1e-5
         assert d["label"] == max(d["scores"], key=d["scores"].get)
@@ -287,3 +302,16 @@ def test_a_replica_killed_under_load_loses_no_request_of_a_client_that_retries(s
 def test_bad_server_settings_are_refused_naming_the_field(make, named):
     with pytest.raises(ValueError, match=f"`{named}` must be"):
         make()
+
+
+def test_a_head_whose_features_only_its_caller_can_pass_is_refused_at_the_start(tmp_path):
+    """A head fitted with a callable (or an embeddings API) as its feature model loads only with it passed again,
+    which a server cannot do: the catalog says so before anything is served."""
+    dect = tiny_dect.make("causal_lm")
+    lengths = lambda texts: [[len(t), 1.0] for t in texts]  # noqa: E731
+    features = get_frozen_model(tiny_dect.backbone("causal_lm"), dect.config, tokenizer=tiny_dect.tokenizer(),
+                                feature_model=lengths, feature_name="lengths")  # fmt: skip
+    features.show_progress = False
+    features.fit(tiny_dect.sentiment(8)).save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="reads its features from a Python callable .*'lengths'.* a server cannot"):
+        task_catalog({"lengths": str(tmp_path / "head")})
