@@ -82,7 +82,8 @@ mutations = st.one_of(
     st.tuples(st.just("field"), st.sampled_from([CONFIG_NAME, RECORD_NAME]), st.text(max_size=30) | st.sampled_from(
         ["adapter_type", "hf_frozen_version", "lora_r", "label_words", "projection_dim", "weights_sha256",
          "hidden_size", "backbone_kind", "zero_shot_weight", "head_type", "decoder_fingerprint", "encoder_training",
-         "decoder_dtype", "base_model_name_or_path", "labels", "template", "endpoint", "backbone_name_or_path"]),
+         "decoder_dtype", "base_model_name_or_path", "labels", "template", "endpoint", "backbone_name_or_path",
+         "feature_model", "feature_model_name_or_path", "feature_pooling", "combine_features"]),
         json_values | st.sampled_from(["/etc", "..", "../outside", "gpt2", "org/model", "https://127.0.0.1:9/m"])),
     st.tuples(st.just("bytes"), st.sampled_from(FILES), st.sampled_from(["truncate", "flip", "append"]),
               st.floats(0, 1)),
@@ -94,6 +95,10 @@ mutations = st.one_of(
     st.tuples(st.just("extra"), plain_names, st.binary(max_size=64)),
     st.tuples(st.just("delete"), st.sampled_from(FILES)),
     st.tuples(st.just("endpoint"), st.sampled_from(["OPENAI_API_KEY", "HOME", "SECRET_TOKEN"])),
+    st.tuples(st.just("features"), st.sampled_from(["transformers", "endpoint", "callable", "other"]) | json_values,
+              st.sampled_from(["/etc", "..", "../outside", "gpt2", "org/model", "https://127.0.0.1:9/m"])
+              | json_values,
+              st.sampled_from(["mean", "cls", "max", "last", "auto"]) | json_values, st.booleans() | st.none()),
 )  # fmt: skip
 
 
@@ -154,6 +159,15 @@ def mutate(folder: Path, outside: Path, mutation: tuple) -> None:
         data.update(backbone_kind="endpoint", endpoint={"base_url": "http://127.0.0.1:9/v1", "model": "m",
                                                          "api_key_env": args[0]})  # fmt: skip
         _replace(folder / RECORD_NAME, json.dumps(data).encode())
+    elif kind == "features":  # a head that claims a second model (of any kind, named anywhere)
+        feature_kind, name, pooling, combine = args
+        record = _json_object(folder / RECORD_NAME)
+        record["feature_model"] = {"kind": feature_kind, "name_or_path": name, "pooling": pooling, "hidden_size": 4,
+                                   "fingerprint": "0" * 64, "settings_fingerprint": ""}  # fmt: skip
+        _replace(folder / RECORD_NAME, json.dumps(record).encode())
+        config = _json_object(folder / CONFIG_NAME)
+        config.update(feature_model_name_or_path=name, feature_pooling=pooling, combine_features=combine)
+        _replace(folder / CONFIG_NAME, json.dumps(config).encode())
 
 
 def _json_object(path: Path) -> dict:

@@ -285,6 +285,8 @@ class DecTConfig(FrozenAdapterConfig):
             )
         if self.head not in ("auto", "prototype", "linear", "prompt"):
             raise ValueError(f"`head` must be 'auto', 'prototype', 'linear' or 'prompt', got {self.head!r}.")
+        if self.combine_features is not None and not isinstance(self.combine_features, bool):
+            raise ValueError(f"`combine_features` must be true, false or unset, got {self.combine_features!r}.")
         if self.feature_pooling not in ("auto", "mean", "cls", "max", "last"):
             raise ValueError(
                 f"`feature_pooling` must be 'auto', 'mean', 'cls', 'max' or 'last', got {self.feature_pooling!r}."

@@ -349,7 +349,11 @@ def feature_model_to_reload(
         feature_id = feature_model or config.feature_model_name_or_path
         if not feature_id:
             raise ValueError(f"{source} records no feature model id: pass `feature_model=` and `feature_tokenizer=`.")
-        with contextlib.nullcontext() if feature_model else loading_recorded_base(feature_id, source):
+        with (
+            contextlib.nullcontext()
+            if feature_model
+            else loading_recorded_base(feature_id, source, "feature model", "feature_model")
+        ):
             feature_model, loaded_tokenizer = load_backbone(feature_id, "encoder")
         feature_tokenizer = feature_tokenizer or loaded_tokenizer
     if kind not in ("transformers", "endpoint", "callable"):

@@ -64,15 +64,18 @@ def check_inside(folder: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def loading_recorded_base(name: str, artifact: Any) -> Iterator[None]:
-    """Name the artifact when the base model it records cannot be loaded (a damaged name, no network, no such
-    folder): the user did not choose that name, so the error says where it came from and how to choose."""
+def loading_recorded_base(
+    name: str, artifact: Any, what: str = "base model", argument: str = "base_model"
+) -> Iterator[None]:
+    """Name the artifact when the base model (or other `what`) it records cannot be loaded (a damaged name, no
+    network, no such folder): the user did not choose that name, so the error says where it came from and how to
+    choose (`argument`)."""
     try:
         yield
     except Exception as err:  # noqa: BLE001 - transformers raises many kinds for a name it cannot load
         raise ArtifactError(
-            f"The base model {name!r} that {artifact} records could not be loaded ({type(err).__name__}: "
-            f"{str(err)[:300]}). Pass `base_model=` yourself: a model, or an id or folder you trust."
+            f"The {what} {name!r} that {artifact} records could not be loaded ({type(err).__name__}: "
+            f"{str(err)[:300]}). Pass `{argument}=` yourself: a model, or an id or folder you trust."
         ) from err
 
 

@@ -28,6 +28,8 @@ from ..tiny_dect import TEMPLATE, WORDS
         ({"head": "mlp"}, "`head` must be 'auto', 'prototype', 'linear' or 'prompt', got 'mlp'"),
         ({"regularization_candidates": [1.0, 0.0]}, "`regularization_candidates` must be a non-empty list"),
         ({"regularization_candidates": []}, "`regularization_candidates`"),
+        ({"combine_features": "yes"}, "`combine_features` must be true, false or unset, got 'yes'"),
+        ({"combine_features": 1}, "`combine_features` must be true, false or unset, got 1"),
     ],
 )
 def test_bad_config_is_named(kwargs, message):
