@@ -154,7 +154,7 @@ class TransformersFeatures:
         self.fingerprint = model_fingerprint(self.body, tokenizer)
         self.settings_fingerprint = fingerprint_json(
             [
-                settings_fingerprint(self.body, tokenizer, without_call_state=True),
+                settings_fingerprint(self.body, tokenizer),
                 self.pooling,
                 self.normalize,
                 self.max_length,

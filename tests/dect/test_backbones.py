@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from hf_frozen import DecTConfig, get_frozen_model
+from hf_frozen import AutoFrozenModel, DecTConfig, get_frozen_model
 
 from .. import tiny_dect
-from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, backbone, sentiment
+from ..tiny_dect import TEMPLATE, WORDS, ClusterAPI, backbone, sentiment, tokenizer
 
 
 def test_answer_position_matches_a_full_forward():
@@ -169,3 +169,22 @@ def test_the_shared_prefix_path_uses_no_deprecated_argument():
         warnings.simplefilter("always")
         dect.backbone.query([("the film was great", None), ("bad", None)])
     assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], caught
+
+
+@pytest.mark.parametrize("kind", ["masked_lm", "causal_lm", "seq2seq_lm", "encoder"])
+def test_a_tokenizer_used_before_is_the_same_backbone(kind, tmp_path):
+    """Another call's truncation and padding stay set on a fast tokenizer's backend: they change no answer, so they
+    change neither the cache key nor what a saved head records (a plain encoder used to differ: nothing resets the
+    state before its fingerprint is taken)."""
+    config = DecTConfig(template=TEMPLATE, label_words=WORDS, hidden_pooling="mean" if kind == "encoder" else "answer")
+    model = backbone(kind)
+    fresh = get_frozen_model(model, config, tokenizer=tokenizer())
+    used_tokenizer = tokenizer()
+    used_tokenizer(["a film"], truncation=True, max_length=7, padding="max_length")  # another task used it
+    used = get_frozen_model(model, config, tokenizer=used_tokenizer)
+    assert used.backbone.settings_fingerprint == fresh.backbone.settings_fingerprint
+    fresh.show_progress = False
+    fresh.fit(sentiment(8)).save_pretrained(tmp_path / "head")
+    used_tokenizer(["a film"], truncation=True, max_length=7, padding="max_length")
+    reloaded = AutoFrozenModel.from_pretrained(tmp_path / "head", base_model=model, tokenizer=used_tokenizer)
+    assert reloaded.predict(sentiment(4, seed=2)) == fresh.predict(sentiment(4, seed=2))

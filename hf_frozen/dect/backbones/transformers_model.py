@@ -180,21 +180,18 @@ def model_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def settings_fingerprint(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, without_call_state: bool = False
-) -> str:
+def settings_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
     """What else changes an answer: the model config's numeric fields and the tokenizer's whole pipeline
     (normaliser, pre-tokeniser, added tokens, post-processor), not only its vocabulary.
 
-    `without_call_state`: leave out the backend's truncation and padding, which each call sets
-    (`tokenizer(..., truncation=True)`), so that a tokenizer used once fingerprints as a fresh one. Off for the
-    backbone, whose saved heads recorded them (a changed fingerprint would refuse those heads)."""
+    The backend's truncation and padding are left out (recorded as unset, as a fresh tokenizer has them): each
+    call sets them (`tokenizer(..., truncation=True)`, and every call DecT makes), so they never change an answer,
+    and a tokenizer used by other code before gives the same fingerprint, cache keys and saved heads as a fresh one.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         settings = json.loads(backend.to_str())
-        if without_call_state:
-            settings.pop("truncation", None)
-            settings.pop("padding", None)
+        settings["truncation"] = settings["padding"] = None
     else:  # a slow tokenizer: its settings
         settings = {k: v for k, v in tokenizer.init_kwargs.items() if not k.endswith("_file")}
     return fingerprint_json([numeric_config(model.config), settings])
