@@ -121,7 +121,7 @@ def test_outputs_over_http_equal_in_process_generation(server, artifacts, num_be
 def test_an_openai_client_works_unchanged(server, artifacts):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=URL, api_key="unused", max_retries=0)
-    assert {m.id for m in client.models.list()} == {"summarize", "translate", "qa", "spare", "sentiment"}
+    assert {m.id for m in client.models.list()} == {"summarize", "translate", "qa", "spare", "sentiment", "two_model"}
     answer = client.completions.create(model="translate", prompt=PROMPTS["translate"], max_tokens=5,
                                        extra_body={"num_beams": 3})  # fmt: skip
     expected = in_process(artifacts, [("translate", p) for p in PROMPTS["translate"]], num_beams=3)
