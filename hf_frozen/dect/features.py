@@ -153,12 +153,7 @@ class TransformersFeatures:
         # head reloads its feature model) are the same feature model.
         self.fingerprint = model_fingerprint(self.body, tokenizer)
         self.settings_fingerprint = fingerprint_json(
-            [
-                settings_fingerprint(self.body, tokenizer),
-                self.pooling,
-                self.normalize,
-                self.max_length,
-            ]
+            [settings_fingerprint(self.body, tokenizer), self.pooling, self.normalize, self.max_length]
         )
 
     def _pooling(self, setting: str) -> tuple[str, bool]:
@@ -361,3 +356,20 @@ def feature_model_to_reload(
             f"{source} records a feature model of unknown kind {kind!r}: its {RECORD_NAME} is damaged."
         )
     return feature_model, feature_tokenizer, feature_name or name
+
+
+def check_recorded_features(features: FeatureModel, record: DecTRecord, source: Any) -> None:
+    """Refuse a reloaded feature model other than the one a saved head records (weights, tokenizer or pooling), then
+    hold it to the vector size the head was fitted on."""
+    recorded = record.feature_model
+    if (features.fingerprint, features.settings_fingerprint) != (
+        recorded.get("fingerprint"),
+        recorded.get("settings_fingerprint"),
+    ):
+        raise ValueError(
+            f"The DecT head in {source} was fitted on features of another model than the feature model given "
+            f"(recorded: {recorded.get('name_or_path')!r}, given: {features.source.name_or_path!r}; weights, "
+            "tokenizer or pooling differ): the head would read vectors it never saw. Pass the recorded feature "
+            "model unchanged."
+        )
+    features.hidden_size = recorded.get("hidden_size")  # the feature model's own size (the head's may be wider)

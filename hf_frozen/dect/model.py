@@ -31,6 +31,7 @@ from .data import is_table, read_examples
 from .features import (
     FeatureModel,
     build_feature_model,
+    check_recorded_features,
     combined_features,
     feature_model_to_reload,
     feature_query_settings,
@@ -411,18 +412,7 @@ class DecTModel(CachedQueries, HubMixin):
         model = cls.from_base_model(base_model, config, tokenizer, backbone_name, answer_placeholder, feature_model,
                                     feature_tokenizer, feature_name)  # fmt: skip
         if model.feature_queries is not None:
-            features = model.feature_queries.backbone
-            if (features.fingerprint, features.settings_fingerprint) != (
-                record.feature_model.get("fingerprint"),
-                record.feature_model.get("settings_fingerprint"),
-            ):
-                raise ValueError(
-                    f"The DecT head in {path_or_repo_id} was fitted on features of another model than the feature "
-                    f"model given (recorded: {record.feature_model.get('name_or_path')!r}, given: "
-                    f"{features.source.name_or_path!r}; weights, tokenizer or pooling differ): the head would read "
-                    "vectors it never saw. Pass the recorded feature model unchanged."
-                )
-            features.hidden_size = record.feature_model.get("hidden_size") or record.hidden_size
+            check_recorded_features(model.feature_queries.backbone, record, path_or_repo_id)
         settings_changed = record.backbone_settings_fingerprint not in (None, model.backbone.settings_fingerprint)
         if model.record.backbone_fingerprint != record.backbone_fingerprint or settings_changed:
             raise ValueError(

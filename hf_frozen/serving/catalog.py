@@ -105,14 +105,15 @@ def task_catalog(
     for name, source in (tasks or {}).items():
         config_path = resolve_file(source, CONFIG_NAME, revision=revision, token=token)
         adapter_type = read_json_object(config_path).get("adapter_type")
-        weights_sha256 = _recorded_weights_sha256(source, revision, token)
+        record_path, record = _read_record(source, revision, token)
+        weights_sha256 = _recorded_weights_sha256(record_path, record)
         if adapter_type == "frozen_decoder":
             config = FrozenDecoderConfig.from_pretrained(source, revision=revision, token=token)
             add(ServedTask(name, GENERATION, source, revision, config.to_dict(), weights_sha256,
                            config.base_model_name_or_path))  # fmt: skip
         elif adapter_type == "dect":
             config = DecTConfig.from_pretrained(source, revision=revision, token=token)
-            _check_servable_features(name, source, revision, token)
+            _check_servable_features(name, source, record_path, record)
             add(ServedTask(name, CLASSIFICATION, source, revision, config.to_dict(), weights_sha256,
                            config.backbone_name_or_path, tuple(config.labels or ())))  # fmt: skip
         elif adapter_type == "multi_encoder":
@@ -130,17 +131,23 @@ def task_catalog(
     return catalog
 
 
-def _check_servable_features(name: str, source: str, revision: str | None, token: str | bool | None) -> None:
-    """Refuse, at the start rather than at the first request, a DecT head whose features come from an embeddings API
-    or a callable: loading takes those only from the caller (a URL or function named in an artifact is never used),
-    and a server has none to give. A transformers feature model is loaded from its recorded id, like the backbone."""
+def _read_record(source: str, revision: str | None, token: str | bool | None) -> tuple[str | None, dict]:
+    """(path, contents) of an artifact's record, read once for every check; (None, {}) for an hf-frozen 0.1
+    artifact, which has none."""
     try:
         path = resolve_file(source, RECORD_NAME, revision=revision, token=token)
     except FileNotFoundError:
-        return
-    features = read_json_object(path).get("feature_model") or {}
+        return None, {}
+    return path, read_json_object(path)
+
+
+def _check_servable_features(name: str, source: str, record_path: str | None, record: dict) -> None:
+    """Refuse, at the start rather than at the first request, a DecT head whose features come from an embeddings API
+    or a callable: loading takes those only from the caller (a URL or function named in an artifact is never used),
+    and a server has none to give. A transformers feature model is loaded from its recorded id, like the backbone."""
+    features = record.get("feature_model") or {}
     if not isinstance(features, dict):
-        raise ArtifactError(f"{path} is damaged: `feature_model` is {features!r:.40}, not an object.")
+        raise ArtifactError(f"{record_path} is damaged: `feature_model` is {features!r:.40}, not an object.")
     if features.get("kind") in ("endpoint", "callable"):
         what = "an embeddings API" if features["kind"] == "endpoint" else "a Python callable"
         raise ValueError(
@@ -150,16 +157,12 @@ def _check_servable_features(name: str, source: str, revision: str | None, token
         )
 
 
-def _recorded_weights_sha256(source: str, revision: str | None, token: str | bool | None) -> str | None:
+def _recorded_weights_sha256(record_path: str | None, record: dict) -> str | None:
     """The weights checksum an artifact's record holds (`None` for an hf-frozen 0.1 artifact, which has no record:
     its first load then fixes what the task must stay)."""
-    try:
-        path = resolve_file(source, RECORD_NAME, revision=revision, token=token)
-    except FileNotFoundError:
-        return None
-    sha = read_json_object(path).get("weights_sha256")
+    sha = record.get("weights_sha256")
     if sha is not None and not isinstance(sha, str):
-        raise ArtifactError(f"{path} is damaged: `weights_sha256` is {sha!r:.40}, not a string.")
+        raise ArtifactError(f"{record_path} is damaged: `weights_sha256` is {sha!r:.40}, not a string.")
     return sha
 
 
